@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine (see README.md):
+#   make test       set up .venv (pip only) and run the test suite
+#   make reproduce  set up .venv and run the default Snakemake workflow
+# Re-running skips the install while requirements and pyproject are unchanged.
+
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: test reproduce venv lint format bench clean-venv
+
+venv: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests notebooks
+	$(BIN)/python -m pytest
+
+reproduce: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/local
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests notebooks
+	$(BIN)/ruff format --check src tests notebooks
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests notebooks
+	$(BIN)/ruff check --fix src tests notebooks
+	$(BIN)/snakefmt Snakefile workflow
+
+bench: $(STAMP)
+	$(BIN)/bls-dlrm bench-a2a --ranks 4
+
+clean-venv:
+	rm -rf $(VENV)
