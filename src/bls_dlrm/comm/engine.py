@@ -1,0 +1,484 @@
+"""The bounded lag synchronous (BLS) alltoallv engine.
+
+Semantics (DESIGN.md, "BLS alltoallv"):
+
+* Every rank posts the same sequence of exchanges; exchange *i* is the *i*-th ``post`` on
+  this engine. Counts may change from one exchange to the next (alltoallv).
+* With lag bound ``L`` a rank keeps at most ``L + 1`` exchanges in flight: before it posts
+  exchange *i* it completes exchange *i - L - 1*, waiting only if some peer has not posted
+  it yet. A slow rank may therefore fall ``L`` whole exchanges behind before the fastest
+  rank blocks. ``L = 0`` is the ordinary synchronous exchange.
+* Completion is local and in order: exchange *i* is complete when this rank's pieces for
+  every peer have been received and its own sends may be reused. No barrier, no count
+  exchange. An exchange whose data is already there can be completed without waiting.
+* Memory: at most ``L + 1`` send and receive buffer sets are referenced by the engine.
+
+Transport, chosen by measurement (``bls-dlrm bench-a2a --transport``, README
+"Progress strategy"): point-to-point ``Irecv``/``Isend`` on a private duplicate of the
+communicator, one message per peer and exchange, tagged by exchange number modulo the tag
+space. MPI's non-overtaking rule keeps a peer's pieces in exchange order. The alternative,
+one ``Ialltoallv`` per exchange, is available as ``transport="ialltoallv"``.
+
+Waiting never busy-spins: ranks are often oversubscribed (4 ranks on 2 cores), and a
+spinning rank steals the core from the very peer it waits for. A blocked rank tests its
+requests (which also drives MPI progress), then yields the core, then sleeps with a
+short exponential back-off; see :class:`Backoff`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mpi4py import MPI
+
+from .buffers import new_like, row_buffer
+
+_TAG_SPACE = 1 << 15  # MPI guarantees tags up to 32767
+
+
+class BLSError(RuntimeError):
+    """Base class of the engine's errors."""
+
+
+class BLSTimeoutError(BLSError, TimeoutError):
+    """An exchange did not complete within the timeout."""
+
+    def __init__(self, iteration: int, peers: Sequence[int], lag: int, timeout: float):
+        self.iteration, self.peers, self.lag, self.timeout = iteration, list(peers), lag, timeout
+        super().__init__(
+            f"BLS alltoallv exchange {iteration} did not complete within {timeout:g} s: "
+            f"no data from peer(s) {self.peers}; this rank is {lag} exchange(s) ahead of "
+            "the slowest of them (has a peer died or stopped posting?)"
+        )
+
+
+class BLSCountError(BLSError, ValueError):
+    """Send and receive counts of two ranks disagree."""
+
+
+class BLSClosedError(BLSError):
+    """The engine was used after ``close``."""
+
+
+@dataclass(slots=True)
+class ExchangeStats:
+    """What one exchange cost this rank (times from ``time.monotonic``, seconds)."""
+
+    iteration: int
+    t_post: float  # when ``post`` started (after any lag-bound wait)
+    t_posted: float  # when all sends and receives were started
+    t_complete: float = float("nan")  # when the exchange was completed on this rank
+    wait_s: float = 0.0  # time blocked waiting for this exchange's data
+    lag: int = 0  # exchanges this rank was ahead of the slowest peer when it blocked
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+class Backoff:
+    """Polite waiting: test, yield a few times, then sleep with growing pauses.
+
+    The pause starts at ``first_sleep`` and doubles up to ``max_sleep``; it adds at most
+    ``max_sleep`` to the moment a blocked rank notices its data. Both bounds were chosen
+    with ``bls-dlrm bench-a2a`` (README, "Progress strategy").
+    """
+
+    __slots__ = ("first_sleep", "max_sleep", "yields")
+
+    def __init__(self, yields: int = 16, first_sleep: float = 20e-6, max_sleep: float = 250e-6):
+        self.yields, self.first_sleep, self.max_sleep = yields, first_sleep, max_sleep
+
+    def wait(self, done, deadline: float | None) -> bool:
+        """Call ``done()`` until it returns true; False if ``deadline`` passed first."""
+        for _ in range(self.yields):
+            if done():
+                return True
+            os.sched_yield()
+        pause = self.first_sleep
+        while not done():
+            if deadline is not None and time.monotonic() > deadline:
+                return done()
+            time.sleep(pause)
+            pause = min(2 * pause, self.max_sleep)
+        return True
+
+
+class Exchange:
+    """Handle of one posted alltoallv; ``wait`` returns the receive buffer."""
+
+    __slots__ = (
+        "_engine",
+        "_recv_reqs",
+        "_reqs",
+        "_statuses",
+        "done",
+        "recv",
+        "recv_bytes",
+        "send",
+        "stats",
+    )
+
+    def __init__(self, engine: BLSAlltoallv, stats: ExchangeStats, send: Any, recv: Any):
+        self._engine = engine
+        self.stats = stats
+        self.send = send  # kept alive until complete: MPI reads it
+        self.recv = recv
+        self.done = False
+        self._reqs: list[MPI.Request] = []
+        self._recv_reqs: list[tuple[int, MPI.Request]] = []  # (peer, request)
+        self._statuses: list[MPI.Status] = []
+        self.recv_bytes: list[int] = []
+
+    @property
+    def iteration(self) -> int:
+        return self.stats.iteration
+
+    def test(self) -> bool:
+        """True once this exchange's data is here (does not complete it)."""
+        return self.done or self._ready()
+
+    def _ready(self) -> bool:
+        try:
+            return MPI.Request.Testall(self._reqs, self._statuses)
+        except MPI.Exception as exc:
+            if exc.Get_error_class() == MPI.ERR_TRUNCATE:
+                raise BLSCountError(
+                    f"exchange {self.stats.iteration}: a peer sent more rows than the "
+                    "recv_counts of this rank allow (send and receive counts disagree)"
+                ) from exc
+            raise
+
+    def wait(self) -> Any:
+        """Complete every exchange up to and including this one, in order; return ``recv``."""
+        self._engine.complete_until(self.stats.iteration)
+        return self.recv
+
+
+class BLSAlltoallv:
+    """Bounded lag synchronous alltoallv over an MPI communicator.
+
+    Parameters
+    ----------
+    comm:
+        The communicator; the engine works on a private duplicate of it.
+    lag_bound:
+        ``L >= 0``; at most ``L + 1`` exchanges are in flight.
+    timeout:
+        Seconds an exchange may stay blocked before :class:`BLSTimeoutError`; None waits
+        forever.
+    transport:
+        ``"p2p"`` (default, per-peer messages) or ``"ialltoallv"`` (one nonblocking
+        collective per exchange).
+    backoff:
+        How a blocked rank waits (:class:`Backoff`); ``None`` uses MPI's ``Waitall``,
+        which spins and ignores ``timeout``: it exists only to measure the difference.
+    keep_history:
+        Keep every exchange's :class:`ExchangeStats` in ``history``.
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        lag_bound: int = 0,
+        *,
+        timeout: float | None = 300.0,
+        transport: str = "p2p",
+        backoff: Backoff | str | None = "default",
+        keep_history: bool = True,
+    ):
+        if isinstance(lag_bound, bool) or not isinstance(lag_bound, int) or lag_bound < 0:
+            raise ValueError(f"lag bound must be an integer >= 0, got {lag_bound!r}")
+        if lag_bound + 1 >= _TAG_SPACE:
+            raise ValueError(f"lag bound must be below {_TAG_SPACE - 1}, got {lag_bound}")
+        if transport not in ("p2p", "ialltoallv"):
+            raise ValueError(f"transport must be 'p2p' or 'ialltoallv', got {transport!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive or None, got {timeout!r}")
+        self.comm = comm.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.lag_bound = lag_bound
+        self.timeout = timeout
+        self.transport = transport
+        self.backoff = Backoff() if backoff == "default" else backoff
+        self.history: list[ExchangeStats] | None = [] if keep_history else None
+        self._in_flight: deque[Exchange] = deque()
+        self._posted = 0  # exchanges posted so far == number of the next one
+        self._completed = 0
+        # Peers in the order this rank talks to them: start after itself, so that no
+        # rank is everybody's first target.
+        self._peers = [(self.rank + k) % self.size for k in range(1, self.size)]
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def posted(self) -> int:
+        """Number of exchanges posted so far (the next one gets this number)."""
+        return self._posted
+
+    @property
+    def completed(self) -> int:
+        return self._completed
+
+    @property
+    def closed(self) -> bool:
+        return self.comm == MPI.COMM_NULL
+
+    # -- posting -------------------------------------------------------------------------
+
+    def post(
+        self,
+        send: Any,
+        send_counts: Sequence[int] | None = None,
+        recv_counts: Sequence[int] | None = None,
+        recv: Any = None,
+    ) -> Exchange:
+        """Start the next exchange: ``send_counts[p]`` rows of ``send`` go to peer ``p``.
+
+        Counts are in rows of the first dimension; ``None`` for both means equal split.
+        ``recv`` (same dtype and row shape, ``sum(recv_counts)`` rows) is allocated when
+        not given. ``send`` must not be modified until the exchange completes. May block
+        to keep the lag bound: exchange ``i - L - 1`` is completed first.
+        """
+        self._check_open()
+        t_post = time.monotonic()
+        sbuf = row_buffer(send, "send buffer")
+        send_counts, recv_counts = self._counts(sbuf.rows, send_counts, recv_counts)
+        if recv is None:
+            recv = new_like(send, sum(recv_counts))
+        rbuf = row_buffer(recv, "receive buffer")
+        if rbuf.row_bytes != sbuf.row_bytes or rbuf.dtype != sbuf.dtype:
+            raise ValueError(
+                f"receive buffer rows ({rbuf.dtype}, {rbuf.row_shape}) do not match send "
+                f"buffer rows ({sbuf.dtype}, {sbuf.row_shape})"
+            )
+        if rbuf.rows < sum(recv_counts):
+            raise ValueError(
+                f"receive buffer has {rbuf.rows} rows, recv_counts need {sum(recv_counts)}"
+            )
+        # Keep the lag bound before anything of this exchange is started.
+        while len(self._in_flight) > self.lag_bound:
+            self._complete_oldest()
+            t_post = time.monotonic()
+
+        iteration = self._posted
+        stats = ExchangeStats(iteration, t_post, t_post)
+        ex = Exchange(self, stats, send, recv)
+        rb = sbuf.row_bytes
+        sdispl = _displacements(send_counts)
+        rdispl = _displacements(recv_counts)
+        if self.transport == "p2p":
+            self._start_p2p(ex, sbuf.view, rbuf.view, rb, send_counts, sdispl, recv_counts, rdispl)
+        else:
+            self._start_ialltoallv(ex, sbuf.view, rbuf.view, rb, send_counts, sdispl,
+                                   recv_counts, rdispl)  # fmt: skip
+        stats.bytes_sent = rb * (sum(send_counts) - send_counts[self.rank])
+        stats.bytes_received = rb * (sum(recv_counts) - recv_counts[self.rank])
+        stats.t_posted = time.monotonic()
+        self._posted += 1
+        self._in_flight.append(ex)
+        if self.history is not None:
+            self.history.append(stats)
+        return ex
+
+    def _counts(self, rows: int, send_counts, recv_counts) -> tuple[list[int], list[int]]:
+        p = self.size
+        if send_counts is None and recv_counts is None:
+            if rows % p:
+                raise ValueError(f"equal split needs rows divisible by {p} ranks, got {rows}")
+            return [rows // p] * p, [rows // p] * p
+        if send_counts is None or recv_counts is None:
+            raise ValueError("give both send_counts and recv_counts, or neither (equal split)")
+        send_counts = [_count(c, "send_counts") for c in send_counts]
+        recv_counts = [_count(c, "recv_counts") for c in recv_counts]
+        if len(send_counts) != p or len(recv_counts) != p:
+            raise ValueError(
+                f"need one count per rank ({p}), got {len(send_counts)} send and "
+                f"{len(recv_counts)} receive counts"
+            )
+        if sum(send_counts) > rows:
+            raise ValueError(f"send_counts add up to {sum(send_counts)} rows, send has {rows}")
+        if send_counts[self.rank] != recv_counts[self.rank]:
+            raise BLSCountError(
+                f"rank {self.rank} sends {send_counts[self.rank]} rows to itself but expects "
+                f"{recv_counts[self.rank]}"
+            )
+        return send_counts, recv_counts
+
+    def _start_p2p(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
+        comm, tag = self.comm, ex.stats.iteration % _TAG_SPACE
+        reqs, recv_reqs = ex._reqs, ex._recv_reqs
+        for peer in self._peers:
+            a = rdispl[peer] * rb
+            req = comm.Irecv([rview[a : a + rcounts[peer] * rb], MPI.BYTE], peer, tag)
+            reqs.append(req)
+            recv_reqs.append((peer, req))
+        for peer in self._peers:
+            a = sdispl[peer] * rb
+            reqs.append(comm.Isend([sview[a : a + scounts[peer] * rb], MPI.BYTE], peer, tag))
+        me = self.rank
+        n = scounts[me] * rb
+        if n:
+            a, b = sdispl[me] * rb, rdispl[me] * rb
+            rview[b : b + n] = sview[a : a + n]
+        ex._statuses = [MPI.Status() for _ in reqs]
+        ex.recv_bytes = [rcounts[peer] * rb for peer, _ in recv_reqs]
+
+    def _start_ialltoallv(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
+        def spec(view, counts, displ):
+            return [view, ([c * rb for c in counts], [d * rb for d in displ]), MPI.BYTE]
+
+        ex._reqs.append(
+            self.comm.Ialltoallv(spec(sview, scounts, sdispl), spec(rview, rcounts, rdispl))
+        )
+        ex._statuses = [MPI.Status()]
+
+    # -- completing ----------------------------------------------------------------------
+
+    def poll(self) -> list[Exchange]:
+        """Complete, in order, the oldest exchanges whose data is already here; never blocks."""
+        self._check_open()
+        done = []
+        while self._in_flight and self._in_flight[0]._ready():
+            done.append(self._finish(self._in_flight.popleft(), waited=0.0, lag=0))
+        return done
+
+    def complete_oldest(self) -> Exchange:
+        """Complete the oldest exchange in flight, waiting for it if needed."""
+        self._check_open()
+        if not self._in_flight:
+            raise BLSError("no exchange in flight")
+        return self._complete_oldest()
+
+    def complete_until(self, iteration: int) -> list[Exchange]:
+        """Complete every exchange up to and including ``iteration``, in order."""
+        self._check_open()
+        if iteration >= self._posted:
+            raise BLSError(f"exchange {iteration} has not been posted (posted {self._posted})")
+        done = []
+        while self._completed <= iteration:
+            done.append(self._complete_oldest())
+        return done
+
+    def trim(self, keep: int | None = None) -> list[Exchange]:
+        """Complete the oldest exchanges until at most ``keep`` (default ``L``) are in flight.
+
+        The usual loop is ``post`` -> local work -> ``trim()`` -> use the completed data:
+        it keeps a peer up to ``L`` exchanges behind without blocking.
+        """
+        keep = self.lag_bound if keep is None else keep
+        done = []
+        while len(self._in_flight) > keep:
+            done.append(self.complete_oldest())
+        return done
+
+    def drain(self) -> list[Exchange]:
+        """Complete everything in flight (end of a run)."""
+        return self.trim(0)
+
+    def _complete_oldest(self) -> Exchange:
+        ex = self._in_flight[0]
+        if ex._ready():
+            waited, lag = 0.0, 0
+        else:
+            lag = self._lag(ex)
+            t0 = time.monotonic()
+            deadline = None if self.timeout is None else t0 + self.timeout
+            if self.backoff is None:  # MPI's own (spinning) wait, for measurements only
+                MPI.Request.Waitall(ex._reqs, ex._statuses)
+            elif not self.backoff.wait(ex._ready, deadline):
+                raise BLSTimeoutError(ex.stats.iteration, self._missing(ex), lag, self.timeout)
+            waited = time.monotonic() - t0
+        self._in_flight.popleft()
+        return self._finish(ex, waited, lag)
+
+    def _finish(self, ex: Exchange, waited: float, lag: int) -> Exchange:
+        ex.done = True
+        stats = ex.stats
+        stats.wait_s = waited
+        stats.lag = lag
+        stats.t_complete = time.monotonic()
+        self._completed += 1
+        if ex._recv_reqs:
+            self._check_received(ex)
+        ex._reqs = ex._recv_reqs = ex._statuses = []  # type: ignore[assignment]
+        ex.send = None
+        return ex
+
+    def _check_received(self, ex: Exchange) -> None:
+        # Receives are the first requests of an exchange; a short message is legal MPI,
+        # so it is caught here (a long one fails as a truncation in ``_ready``).
+        for k, ((peer, _), expected) in enumerate(zip(ex._recv_reqs, ex.recv_bytes, strict=True)):
+            got = ex._statuses[k].Get_count(MPI.BYTE)
+            if got != expected:
+                raise BLSCountError(
+                    f"exchange {ex.stats.iteration}: peer {peer} sent {got} bytes but this "
+                    f"rank expected {expected} (send and receive counts disagree)"
+                )
+
+    def _lag(self, ex: Exchange) -> int:
+        """Exchanges this rank is ahead of the slowest peer that has not delivered ``ex``."""
+        newest = self._posted - 1
+        if not ex._recv_reqs:  # ialltoallv: per-peer arrival is not visible
+            return newest - ex.stats.iteration + 1
+        slowest = newest
+        for peer, _ in ex._recv_reqs:
+            have = ex.stats.iteration - 1  # the peer has surely posted everything before
+            for later in self._in_flight:
+                req = next(r for p, r in later._recv_reqs if p == peer)
+                if not req.Get_status():
+                    break
+                have = later.stats.iteration
+            slowest = min(slowest, have)
+        return newest - slowest
+
+    def _missing(self, ex: Exchange) -> list[int]:
+        if not ex._recv_reqs:
+            return [p for p in range(self.size) if p != self.rank]
+        return [peer for peer, req in ex._recv_reqs if not req.Get_status()]
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.comm == MPI.COMM_NULL:
+            raise BLSClosedError("this BLS alltoallv engine was closed")
+
+    def close(self) -> None:
+        """Drain and free the private communicator. Idempotent."""
+        if self.comm == MPI.COMM_NULL:
+            return
+        try:
+            self.drain()
+        finally:
+            self.comm.Free()
+
+    def __enter__(self) -> BLSAlltoallv:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        # On an error the exchanges in flight cannot be completed safely: leave them.
+        if exc_type is None:
+            self.close()
+
+
+def _count(c: Any, what: str) -> int:
+    n = int(c)
+    if n != c or n < 0:
+        raise ValueError(f"{what} must be non-negative integers, got {c!r}")
+    return n
+
+
+def _displacements(counts: Sequence[int]) -> list[int]:
+    displ, total = [], 0
+    for c in counts:
+        displ.append(total)
+        total += c
+    return displ

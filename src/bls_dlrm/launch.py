@@ -1,0 +1,78 @@
+"""Start ranks with the MPI launcher that belongs to this Python environment.
+
+The pip packages ``mpi4py`` and ``mpich`` put ``mpiexec`` next to the interpreter; a system
+``mpiexec`` of another MPI would start ranks that cannot talk to each other, so we never
+look it up on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def mpiexec_path() -> Path:
+    """The ``mpiexec`` installed beside ``sys.executable`` (an error names the fix if missing)."""
+    path = Path(sys.executable).parent / "mpiexec"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no mpiexec beside {sys.executable}; install the pinned 'mpich' package "
+            "into this environment (make venv)"
+        )
+    return path
+
+
+def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ranks: one OpenMP/BLAS thread each, so oversubscribed ranks share fairly."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # MPICH's asynchronous progress thread makes every exchange slow on few cores.
+    env.setdefault("MPIR_CVAR_ASYNC_PROGRESS", "0")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def mpiexec_command(nprocs: int, argv: Sequence[str]) -> list[str]:
+    """``mpiexec -n P argv...``; ``argv[0]`` may be ``python`` to mean this interpreter."""
+    if nprocs < 1:
+        raise ValueError(f"need at least one rank, got {nprocs}")
+    args = [sys.executable if a == "python" else a for a in argv]
+    return [str(mpiexec_path()), "-n", str(nprocs), *args]
+
+
+def run_mpi(
+    nprocs: int,
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` on ``nprocs`` ranks; output captured, ranks killed at ``timeout``."""
+    cmd = mpiexec_command(nprocs, argv)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=rank_env(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return result
