@@ -1,0 +1,582 @@
+"""Run logs -> tidy Parquet tables: one row per (rank, iteration), per iteration, per run.
+
+The figures, the claims table and the notebooks read these tables, never the logs, so every
+derived quantity is defined once, here:
+
+``iterations`` (:func:`iterations_table`), one row per rank and measured iteration
+    run_id, rank, host, iteration, warmup, samples, the six phase times ``t_start`` ..
+    ``t_done``, ``latency_s`` (``t_done - t_start`` on that rank), wait_s, delay_s,
+    compute_s, lag, checksum, ``clock_offset_s``, then the run parameters.
+
+``per_iteration`` (:func:`per_iteration_table`), one row per measured iteration of a run
+    ``latency_s`` = max over ranks of ``t_done - t_start`` (the paper's per-iteration
+    latency); ``span_s`` = last ``t_done`` - first ``t_start`` over ranks; ``start_spread_s``
+    and ``end_spread_s`` (how far apart ranks started and finished it); the extremes
+    ``t_start_min/max``, ``t_done_min/max``; samples (all ranks); ``wait_max_s``,
+    ``wait_sum_s``, ``delay_max_s``, ``delay_sum_s``, ``compute_max_s``, ``lag_max``,
+    ``blocked_ranks`` (ranks with a wait > 0); ``checksum``: SHA-256 of the ranks'
+    prediction checksums in rank order. Runs of one workload must agree on it for every
+    collective and lag bound: that is the bit-identical-predictions check.
+
+``runs`` (:func:`runs_table`), one row per run
+    ``makespan_s`` = max over ranks of the last ``t_done`` - min over ranks of the first
+    measured ``t_start``; ``throughput_sps`` = global measured samples / makespan;
+    ``latency_p50_s``, ``latency_p95_s``, ``latency_p99_s`` (linear interpolation between
+    order statistics, numpy's default), ``latency_mean_s``, ``latency_max_s`` over the
+    per-iteration latencies; ``wait_s``, ``delay_s``, ``compute_s`` (sums over ranks and
+    measured iterations), ``wait_share`` = wait / (wait + compute + delay) and
+    ``delay_share`` likewise; ``lag_max``, ``lag_mean``; the bound from
+    :mod:`bls_dlrm.theory` on the logged work ``w[r, i] = compute_s + delay_s``:
+    ``ideal_makespan_s`` (under the run's lag bound; the synchronous baselines count as
+    ``L = 0``), ``ideal_makespan_sync_s`` (``L = 0``), ``ideal_speedup`` (sync / ideal) and
+    ``ideal_efficiency`` (ideal makespan / measured makespan: 1.0 means the run attained
+    the bound); ``predictions_checksum`` (SHA-256 over the per-iteration checksums);
+    counts (``iterations`` with warm-up, ``measured_iterations``, ``samples``); provenance
+    (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``).
+
+Run parameters, on every row of every table: ``run_id``, ``collective``, ``lag_bound``
+(nullable integer; null for the synchronous baselines), ``world_size``, and the header's
+resolved config flattened to ``config.<key>.<subkey>`` columns (for example
+``config.delay.kind``, ``config.batch_size``). Nested dicts are flattened with dots;
+lists become JSON strings so they can be grouped on; the ``config.`` prefix keeps config
+keys such as ``warmup`` or ``iterations`` from colliding with measured columns.
+
+Times are seconds. Within one host all ranks read one monotonic clock, so cross-rank
+quantities (makespan, spreads) are exact. When a run spans hosts, each host's times are
+shifted onto rank 0's clock using the headers' ``started_utc``/``t0`` pairs; the shift is in
+``clock_offset_s`` and is only as good as the hosts' wall-clock synchronisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from bls_dlrm.records import (
+    IncompleteRunError,
+    RunLog,
+    is_complete,
+    read_run,
+)
+
+__all__ = [
+    "TABLE_NAMES",
+    "Tables",
+    "collect",
+    "find_run_dirs",
+    "flatten_config",
+    "iterations_table",
+    "main_tables",
+    "per_iteration_table",
+    "run_parameters",
+    "runs_table",
+]
+
+TABLE_NAMES = ("iterations", "per_iteration", "runs")
+TIME_COLUMNS = ("t_start", "t_lookup", "t_posted", "t_bottom", "t_completed", "t_done")
+_RUN_KEY = ("run_id", "collective", "lag_bound", "world_size")
+
+
+class Tables(NamedTuple):
+    """The three tidy tables built from a set of runs."""
+
+    iterations: pd.DataFrame
+    per_iteration: pd.DataFrame
+    runs: pd.DataFrame
+
+
+# --------------------------------------------------------------------------------------
+# Run parameters
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "config") -> dict[str, Any]:
+    """Nested config -> flat ``{"prefix.a.b": value}`` with scalar values.
+
+    Lists and tuples become compact JSON strings: they stay readable, survive Parquet with
+    any content and can be grouped on. Empty dicts add no column.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, name))
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_parameters(run: RunLog) -> dict[str, Any]:
+    """The columns that say which run a row belongs to and how it was configured."""
+    header = run.header
+    return {
+        "run_id": header.run_id,
+        "collective": header.collective,
+        "lag_bound": header.lag_bound,
+        "world_size": header.world_size,
+        **flatten_config(header.config),
+    }
+
+
+def _effective_lag_bound(run: RunLog) -> int | None:
+    """The lag bound the theory should assume: the baselines are synchronous (``L = 0``)."""
+    return run.lag_bound if run.collective == "bls" else 0
+
+
+def _clock_offsets(run: RunLog) -> list[float]:
+    """Per-rank shift onto rank 0's clock: zero when all ranks share a host's clock."""
+    hosts = [log.header.host for log in run]
+    if len(set(hosts)) == 1:
+        return [0.0] * len(hosts)
+    # Monotonic reading -> UTC seconds, from the lowest rank on each host.
+    per_host: dict[str, float] = {}
+    for log in run:
+        if log.header.host not in per_host:
+            utc = datetime.fromisoformat(log.header.started_utc).timestamp()
+            per_host[log.header.host] = utc - log.header.t0
+    base = per_host[hosts[0]]
+    return [per_host[h] - base for h in hosts]
+
+
+def _broadcast(df: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
+    """Add constant run-parameter columns to every row, with a nullable int lag bound."""
+    n = len(df)
+    dtypes = _param_dtypes([params])
+    columns: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in dtypes:
+            columns[key] = pd.array([value] * n, dtype=dtypes[key])
+        else:
+            columns[key] = [value] * n
+    extra = pd.DataFrame(columns, index=df.index)
+    return pd.concat([df, extra], axis=1)
+
+
+# --------------------------------------------------------------------------------------
+# Tables of one run
+
+
+def iterations_table(run: RunLog, *, include_warmup: bool = False) -> pd.DataFrame:
+    """One row per (rank, iteration): every logged iteration field plus the run parameters.
+
+    Warm-up iterations are left out unless ``include_warmup`` (for timeline plots); every
+    statistic in the other tables is over measured iterations only.
+    """
+    offsets = _clock_offsets(run)
+    rows = [
+        (log.header.rank, log.header.host, offset, it)
+        for log, offset in zip(run, offsets, strict=True)
+        for it in log.iterations
+        if include_warmup or not it.warmup
+    ]
+    n = len(rows)
+    columns: dict[str, pd.Series] = {
+        "run_id": pd.Series([run.run_id] * n, dtype="str"),
+        "rank": pd.Series([r[0] for r in rows], dtype="int64"),
+        "host": pd.Series([r[1] for r in rows], dtype="str"),
+        "iteration": pd.Series([r[3].iteration for r in rows], dtype="int64"),
+        "warmup": pd.Series([r[3].warmup for r in rows], dtype="bool"),
+        "samples": pd.Series([r[3].samples for r in rows], dtype="int64"),
+    }
+    for name in TIME_COLUMNS:
+        columns[name] = pd.Series(
+            [getattr(it, name) + off for _, _, off, it in rows], dtype="float64"
+        )
+    columns["latency_s"] = columns["t_done"] - columns["t_start"]
+    for name in ("wait_s", "delay_s", "compute_s"):
+        columns[name] = pd.Series([getattr(r[3], name) for r in rows], dtype="float64")
+    columns["lag"] = pd.Series([r[3].lag for r in rows], dtype="int64")
+    columns["checksum"] = pd.Series([r[3].checksum for r in rows], dtype="str")
+    columns["clock_offset_s"] = pd.Series([r[2] for r in rows], dtype="float64")
+    df = pd.DataFrame(columns)
+    params = run_parameters(run)
+    params.pop("run_id")
+    return _broadcast(df, params)
+
+
+def _combine_checksums(checksums: Iterable[str]) -> str:
+    """One digest for several in order: equal iff every part is equal."""
+    return hashlib.sha256(",".join(checksums).encode("ascii")).hexdigest()
+
+
+def _per_iteration(iterations: pd.DataFrame) -> pd.DataFrame:
+    """Per-iteration rows from an iterations table (of one or several runs)."""
+    df = iterations[~iterations["warmup"]].sort_values(["run_id", "iteration", "rank"])
+    df = df.assign(blocked=(df["wait_s"] > 0).astype("int64"))
+    grouped = df.groupby(["run_id", "iteration"], sort=False)
+    out = grouped.agg(
+        samples=("samples", "sum"),
+        latency_s=("latency_s", "max"),
+        t_start_min=("t_start", "min"),
+        t_start_max=("t_start", "max"),
+        t_done_min=("t_done", "min"),
+        t_done_max=("t_done", "max"),
+        wait_max_s=("wait_s", "max"),
+        wait_sum_s=("wait_s", "sum"),
+        delay_max_s=("delay_s", "max"),
+        delay_sum_s=("delay_s", "sum"),
+        compute_max_s=("compute_s", "max"),
+        lag_max=("lag", "max"),
+        blocked_ranks=("blocked", "sum"),
+    ).reset_index()
+    # Rows are sorted by (run, iteration, rank), so each group is a consecutive run of rows
+    # in the order groupby(sort=False) lists them; plain Python is much faster here than a
+    # per-group pandas callback.
+    keyed = zip(
+        zip(df["run_id"].tolist(), df["iteration"].tolist(), strict=True),
+        df["checksum"].tolist(),
+        strict=True,
+    )
+    out["checksum"] = [
+        _combine_checksums(c for _, c in group)
+        for _, group in itertools.groupby(keyed, key=lambda kv: kv[0])
+    ]
+    out.insert(4, "span_s", out["t_done_max"] - out["t_start_min"])
+    out.insert(5, "start_spread_s", out["t_start_max"] - out["t_start_min"])
+    out.insert(6, "end_spread_s", out["t_done_max"] - out["t_done_min"])
+    param_cols = [c for c in iterations.columns if c in _RUN_KEY or c.startswith("config.")]
+    params = df[param_cols].drop_duplicates("run_id")
+    out = out.merge(params, on="run_id", how="left", validate="many_to_one")
+    return out
+
+
+def per_iteration_table(run: RunLog) -> pd.DataFrame:
+    """One row per measured iteration of ``run`` (columns in the module docstring)."""
+    return _per_iteration(iterations_table(run))
+
+
+def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame) -> dict[str, Any]:
+    """Every per-run statistic, from the run's own iterations and per-iteration rows."""
+    # Imported here so that reading logs and building the other tables never needs it.
+    from bls_dlrm import theory
+
+    measured = per_iteration["latency_s"].to_numpy(dtype=np.float64)
+    samples = int(iterations["samples"].sum())
+    if len(iterations):
+        makespan = float(iterations["t_done"].max() - iterations["t_start"].min())
+    else:
+        makespan = 0.0
+    wait = float(iterations["wait_s"].sum())
+    delay = float(iterations["delay_s"].sum())
+    compute = float(iterations["compute_s"].sum())
+    busy = wait + delay + compute
+    if len(measured):
+        p50, p95, p99 = (float(x) for x in np.percentile(measured, [50, 95, 99]))
+        lat_mean, lat_max = float(measured.mean()), float(measured.max())
+    else:
+        p50 = p95 = p99 = lat_mean = lat_max = math.nan
+
+    work_df = iterations.assign(work=iterations["compute_s"] + iterations["delay_s"])
+    work = (
+        work_df.pivot(index="rank", columns="iteration", values="work")
+        .sort_index(axis=0)
+        .sort_index(axis=1)
+        .to_numpy(dtype=np.float64)
+    )
+    if work.size == 0:
+        work = np.zeros((run.world_size, 0))
+    ideal = theory.ideal_makespan(work, _effective_lag_bound(run))
+    sync = theory.makespan_sync(work)
+
+    header = run.header
+    row: dict[str, Any] = {
+        "run_id": header.run_id,
+        "collective": header.collective,
+        "lag_bound": header.lag_bound,
+        "world_size": header.world_size,
+        "iterations": run.ranks[0].footer.iterations,
+        "measured_iterations": len(per_iteration),
+        "samples": samples,
+        "makespan_s": makespan,
+        "throughput_sps": samples / makespan if makespan > 0 else math.nan,
+        "latency_mean_s": lat_mean,
+        "latency_p50_s": p50,
+        "latency_p95_s": p95,
+        "latency_p99_s": p99,
+        "latency_max_s": lat_max,
+        "wait_s": wait,
+        "delay_s": delay,
+        "compute_s": compute,
+        "wait_share": wait / busy if busy > 0 else math.nan,
+        "delay_share": delay / busy if busy > 0 else math.nan,
+        "lag_max": int(iterations["lag"].max()) if len(iterations) else 0,
+        "lag_mean": float(iterations["lag"].mean()) if len(iterations) else math.nan,
+        "ideal_makespan_s": ideal,
+        "ideal_makespan_sync_s": sync,
+        "ideal_speedup": sync / ideal if ideal > 0 else math.nan,
+        "ideal_efficiency": ideal / makespan if makespan > 0 else math.nan,
+        "predictions_checksum": _combine_checksums(per_iteration["checksum"]),
+        "run_dir": str(run.run_dir),
+        "hosts": len({log.header.host for log in run}),
+        "git_rev": header.git_rev,
+        "started_utc": min(log.header.started_utc for log in run),
+    }
+    row.update(flatten_config(header.versions, "versions"))
+    row.update(flatten_config(header.config))
+    return row
+
+
+def _param_dtypes(params: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Column dtypes for run parameters, decided from their Python values over all runs.
+
+    Decided from the values rather than from the frames because a key missing from some
+    runs (or null in them) would otherwise turn an integer column into floats; nullable
+    ``Int64``/``boolean`` keep ``config.pooling_k == 4`` exact. Mixed types are left alone
+    (and stored as strings when written).
+    """
+    kinds: dict[str, set[type]] = {}
+    for row in params:
+        for key, value in row.items():
+            seen = kinds.setdefault(key, set())
+            if value is not None:
+                seen.add(type(value))
+    dtypes: dict[str, str] = {}
+    for key, seen in kinds.items():
+        if not seen or seen == {int}:
+            dtypes[key] = "Int64"
+        elif seen == {bool}:
+            dtypes[key] = "boolean"
+        elif seen <= {int, float}:
+            dtypes[key] = "float64"
+    return dtypes
+
+
+def _apply_dtypes(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
+    for key, dtype in dtypes.items():
+        if key in df.columns:
+            df[key] = df[key].astype(dtype)
+    return df
+
+
+def _rows_param_dtypes(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Dtypes of the run-parameter columns (``lag_bound``, ``config.*``) of these run rows."""
+    keys = {k for row in rows for k in row if k == "lag_bound" or k.startswith("config.")}
+    return _param_dtypes([{k: row.get(k) for k in keys} for row in rows])
+
+
+def _runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return _apply_dtypes(pd.DataFrame(rows), _rows_param_dtypes(rows))
+
+
+def runs_table(runs: Iterable[RunLog]) -> pd.DataFrame:
+    """One row per run: throughput, latency percentiles, shares, lag and the ideal bound."""
+    rows = []
+    for run in runs:
+        it = iterations_table(run)
+        rows.append(_run_row(run, it, _per_iteration(it)))
+    return _runs_frame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Folders -> Parquet
+
+
+def _is_run_dir(filenames: Iterable[str]) -> bool:
+    return any(
+        name.startswith("rank") and (name.endswith(".jsonl") or name.endswith(".jsonl.partial"))
+        for name in filenames
+    )
+
+
+def find_run_dirs(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Run folders (holding ``rank*.jsonl`` or ``rank*.jsonl.partial``) at or below sources.
+
+    Each source may be a run folder itself or any folder above run folders. The result is
+    sorted and free of duplicates, so tables come out in the same order on every machine.
+    """
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    found: set[Path] = set()
+    for source in sources:
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            if _is_run_dir(filenames):
+                found.add(Path(dirpath))
+    return sorted(found)
+
+
+def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Make columns whose values differ in type across runs storable in Parquet.
+
+    A config key can be a number in one run and a string in another; Parquet needs one
+    type per column, so ints mixed with floats become floats and other mixes become
+    strings (JSON for non-strings).
+    """
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        values = df[col].tolist()
+        kinds = {type(v) for v in values if not _is_missing(v)}
+        if len(kinds) <= 1:
+            continue
+        if kinds <= {int, float}:
+            df[col] = pd.Series(
+                [math.nan if _is_missing(v) else float(v) for v in values], index=df.index
+            )
+        else:
+            df[col] = pd.Series(
+                [
+                    None if _is_missing(v) else v if isinstance(v, str) else json.dumps(v)
+                    for v in values
+                ],
+                index=df.index,
+                dtype="str",
+            )
+    return df
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write via a temporary name and rename, so a reader never sees half a table."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _arrow_safe(df).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def collect(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    skip_incomplete: bool = False,
+    progress: bool | None = None,
+) -> Tables:
+    """Build all tables from the run folders at or below ``sources``; write them to out_dir.
+
+    Writes ``iterations.parquet``, ``per_iteration.parquet`` and ``runs.parquet``. An
+    incomplete run (a rank log missing, only ``.partial``, or without footer) is refused
+    with an :class:`~bls_dlrm.records.IncompleteRunError` naming every such run, since
+    tables silently missing a configuration would mislead; ``skip_incomplete`` leaves them
+    out with a warning instead. Malformed logs are always an error. ``progress`` shows a
+    progress bar (default: when stderr is a terminal).
+    """
+    from tqdm import tqdm
+
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    sources = [Path(source) for source in sources]
+    where = ", ".join(str(source) for source in sources)
+    run_dirs = find_run_dirs(sources)
+    if not run_dirs:
+        raise FileNotFoundError(f"no run folders (with rank*.jsonl) under {where}")
+    out = Path(out_dir)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    incomplete: list[str] = []
+    complete: list[Path] = []
+    pending: dict[Path, RunLog] = {}
+    for run_dir in run_dirs:
+        if is_complete(run_dir):
+            complete.append(run_dir)
+            continue
+        try:  # read_run says why; it may also find a complete run the quick check refused
+            pending[run_dir] = read_run(run_dir)
+            complete.append(run_dir)
+        except IncompleteRunError as exc:
+            incomplete.append(str(exc))
+    if incomplete:
+        listing = "\n  ".join(incomplete)
+        if not skip_incomplete:
+            raise IncompleteRunError(
+                f"{len(incomplete)} incomplete run(s) refused (rerun them, or pass "
+                f"--skip-incomplete to leave them out):\n  {listing}"
+            )
+        warnings.warn(
+            f"skipping {len(incomplete)} incomplete run(s):\n  {listing}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if not complete:
+        raise IncompleteRunError(f"no complete runs under {where}")
+
+    iteration_frames: list[pd.DataFrame] = []
+    per_iteration_frames: list[pd.DataFrame] = []
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for run_dir in tqdm(complete, desc="runs", unit="run", disable=not show):
+        run = pending.pop(run_dir) if run_dir in pending else read_run(run_dir)
+        if run.run_id in seen:
+            raise ValueError(
+                f"run_id {run.run_id!r} appears in both {seen[run.run_id]} and {run_dir}"
+            )
+        seen[run.run_id] = run_dir
+        it = iterations_table(run)
+        per_it = _per_iteration(it)
+        iteration_frames.append(it)
+        per_iteration_frames.append(per_it)
+        rows.append(_run_row(run, it, per_it))
+
+    runs = _runs_frame(rows)
+    dtypes = _rows_param_dtypes(rows)
+    tables = Tables(
+        iterations=_apply_dtypes(pd.concat(iteration_frames, ignore_index=True), dtypes),
+        per_iteration=_apply_dtypes(pd.concat(per_iteration_frames, ignore_index=True), dtypes),
+        runs=runs,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TABLE_NAMES:
+        _write_parquet(getattr(tables, name), out / f"{name}.parquet")
+    return tables
+
+
+def main_tables(argv: Sequence[str] | None = None) -> int:
+    """``bls-dlrm tables RUN_ROOT... --out DIR [--skip-incomplete]``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="bls-dlrm tables",
+        description="Turn run logs into tidy Parquet tables "
+        "(iterations.parquet, per_iteration.parquet, runs.parquet).",
+    )
+    parser.add_argument(
+        "run_root",
+        nargs="+",
+        type=Path,
+        metavar="RUN_ROOT",
+        help="a run folder, or a folder searched recursively for run folders",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for the tables")
+    parser.add_argument(
+        "--skip-incomplete",
+        action="store_true",
+        help="leave incomplete runs out with a warning instead of failing",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            tables = collect(
+                args.run_root,
+                args.out,
+                skip_incomplete=args.skip_incomplete,
+                progress=False if args.no_progress else None,
+            )
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"bls-dlrm tables: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{len(tables.runs)} run(s), {len(tables.per_iteration)} iterations -> "
+        + ", ".join(str(args.out / f"{name}.parquet") for name in TABLE_NAMES)
+    )
+    return 0
