@@ -1,0 +1,183 @@
+"""``bls-dlrm``: the artifact's command line.
+
+Subcommands, in the order the workflow uses them:
+
+- ``make-data``   write a synthetic dataset (uniform or Zipf indices, pooling skew)
+- ``criteo``      fetch (URL or local file, checksum) and preprocess Criteo Kaggle/Terabyte
+- ``infer``       one distributed inference run (start it under ``mpiexec -n P``)
+- ``tables``      run logs -> tidy Parquet tables
+- ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
+- ``bench-model`` single-process DLRM inference throughput
+- ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _make_data(args: argparse.Namespace) -> int:
+    from .data import generate_synthetic
+    from .model import get_config
+
+    overrides = {"seed": args.model_seed}
+    if args.max_rows is not None:
+        overrides["max_rows"] = args.max_rows
+    config = get_config(args.model, **overrides)
+    out = generate_synthetic(
+        args.out,
+        config,
+        args.batches,
+        args.batch_size,
+        args.seed,
+        index_dist=args.index_dist,
+        zipf_alpha=args.zipf_alpha,
+        pooling=args.pooling,
+        pooling_k=args.pooling_k,
+        overwrite=args.overwrite,
+    )
+    print(out)
+    return 0
+
+
+def _criteo(args: argparse.Namespace) -> int:
+    from .data import fetch, preprocess_criteo
+
+    src = Path(args.source)
+    if args.fetch_to is not None:
+        src = fetch(args.source, args.fetch_to, sha256=args.sha256)
+    out = preprocess_criteo(
+        src,
+        args.out,
+        batch_size=args.batch_size,
+        kind=args.kind,
+        max_rows=args.max_rows,
+        limit=args.limit,
+        overwrite=args.overwrite,
+    )
+    print(out)
+    return 0
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from .bench_model import bench_single_process
+
+    for pooling in args.pooling:
+        result = bench_single_process(
+            args.model, args.max_rows, args.batch_size, pooling, threads=args.threads
+        )
+        print(json.dumps(result))
+    return 0
+
+
+def _ideal(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import theory
+    from .delays import DelaySpec
+
+    spec = DelaySpec.from_dict(
+        {"kind": args.schedule, "size_s": args.delay_factor * args.work_s, "seed": args.seed}
+    )
+    work = args.work_s + spec.schedule(args.ranks, args.iterations)
+    for lag in args.lag_bounds:
+        row = {
+            "schedule": args.schedule,
+            "ranks": args.ranks,
+            "lag_bound": lag,
+            "ideal_speedup": theory.ideal_speedup(work, lag),
+            "ideal_makespan_s": theory.ideal_makespan(work, lag),
+            "sync_makespan_s": theory.makespan_sync(work),
+            "mean_work_s": float(np.mean(work)),
+        }
+        print(json.dumps(row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bls-dlrm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-data", help="write a synthetic dataset")
+    p.add_argument("--model", default="tiny", help="model config name (tiny, kaggle, terabyte)")
+    p.add_argument("--max-rows", type=int, help="cap on rows per table")
+    p.add_argument("--model-seed", type=int, default=0)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index-dist", default="uniform", help="uniform or zipf")
+    p.add_argument("--zipf-alpha", type=float, default=1.05)
+    p.add_argument("--pooling", default="fixed", help="fixed, uniform or heavy")
+    p.add_argument("--pooling-k", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_make_data)
+
+    p = sub.add_parser("criteo", help="fetch and preprocess Criteo Kaggle or Terabyte")
+    p.add_argument("source", help="URL or local path of train.txt / day_N (.gz allowed)")
+    p.add_argument("--fetch-to", type=Path, help="copy/download the source here first")
+    p.add_argument("--sha256", help="expected checksum of the fetched file")
+    p.add_argument("--kind", default="kaggle", choices=("kaggle", "terabyte"))
+    p.add_argument("--max-rows", type=int, help="hashing range cap per table")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--limit", type=int, help="read only the first N samples")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_criteo)
+
+    from . import infer
+
+    p = sub.add_parser("infer", help="one distributed inference run (under mpiexec)")
+    infer.build_parser(p)
+    p.set_defaults(func=lambda a: infer.main(args=a))
+
+    p = sub.add_parser("tables", help="run logs -> Parquet tables", add_help=False)
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("bench-a2a", help="alltoallv benchmark: gloo vs mpi vs bls")
+    from . import bench_a2a
+
+    bench_a2a.build_parser(p)
+    p.set_defaults(func=bench_a2a.run)
+
+    p = sub.add_parser("bench-model", help="single-process inference throughput")
+    p.add_argument("--model", default="kaggle")
+    p.add_argument("--max-rows", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--pooling", type=int, nargs="+", default=[1, 10],
+                   help="indices per lookup (one run each)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=_bench_model)
+
+    p = sub.add_parser("ideal", help="ideal speedup of lag bounds on a delay schedule")
+    p.add_argument("--schedule", default="rotating")
+    p.add_argument("--ranks", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--work-s", type=float, default=0.01)
+    p.add_argument("--delay-factor", type=float, default=2.5)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--lag-bounds", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    p.set_defaults(func=_ideal)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tables"]:  # its own parser, so its --help is complete
+        from .tables import main_tables
+
+        return main_tables(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"bls-dlrm {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
