@@ -153,7 +153,7 @@ def _worker(args: argparse.Namespace) -> None:
         send = torch.arange(n * size, dtype=torch.float32) + rank
         work_fn = inject if args.work == "sleep" else cpu_work
         work = np.empty(args.iters)
-        for i in range(args.warmup):  # warm-up without delays
+        for _ in range(args.warmup):  # warm-up without delays
             coll.post(send, None, None)
             coll.drain()
         comm.Barrier()
@@ -254,8 +254,16 @@ def _print_table(summary: list[dict], args: argparse.Namespace) -> None:
     if args.mode == "latency":
         cols = ["collective", "bytes_per_peer", "p50_us", "p99_us", f"ratio_to_{args.baseline}"]
     else:
-        cols = ["collective", "schedule", "makespan_s", "wait_s_mean", "max_lag",
-                "speedup", "ideal_speedup", "share_of_ideal"]  # fmt: skip
+        cols = [
+            "collective",
+            "schedule",
+            "makespan_s",
+            "wait_s_mean",
+            "max_lag",
+            "speedup",
+            "ideal_speedup",
+            "share_of_ideal",
+        ]
     print("  ".join(f"{c:>16}" for c in cols))
     for s in summary:
         cells = []
@@ -282,8 +290,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=[parse_size(x) for x in ("1KiB", "16KiB", "64KiB", "256KiB", "1MiB")],
         help="bytes per peer, comma list (latency mode)",
     )
-    p.add_argument("--size", type=parse_size, default=parse_size("64KiB"),
-                   help="bytes per peer (schedule mode)")  # fmt: skip
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        default=parse_size("64KiB"),
+        help="bytes per peer (schedule mode)",
+    )
     p.add_argument("--schedule", default="rotating", help="delay kind (schedule mode)")
     p.add_argument("--work-s", type=float, default=0.01, help="local work per iteration, s")
     p.add_argument("--delay-factor", type=float, default=2.5, help="delay = factor x work")

@@ -98,8 +98,9 @@ def _ideal(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bls-dlrm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="bls-dlrm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("make-data", help="write a synthetic dataset")
@@ -148,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="kaggle")
     p.add_argument("--max-rows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--pooling", type=int, nargs="+", default=[1, 10],
-                   help="indices per lookup (one run each)")  # fmt: skip
+    p.add_argument(
+        "--pooling", type=int, nargs="+", default=[1, 10], help="indices per lookup (one run each)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_bench_model)
 

@@ -202,8 +202,13 @@ class _Pending:
     compute_s: float
 
 
-def run(cfg: RunConfig, out_dir: str | Path, *, predictions_out: str | Path | None = None,
-        progress: bool | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    predictions_out: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Run inference on this rank (under mpiexec); returns this rank's footer as a dict."""
     import torch
     from mpi4py import MPI
@@ -249,15 +254,25 @@ def run(cfg: RunConfig, out_dir: str | Path, *, predictions_out: str | Path | No
 
     if cfg.collective == "gloo":
         init_torch("gloo")
-    coll = make_collective(cfg.collective, cfg.lag_bound, timeout=cfg.timeout_s,
-                           transport=cfg.transport)  # fmt: skip
+    coll = make_collective(
+        cfg.collective, cfg.lag_bound, timeout=cfg.timeout_s, transport=cfg.transport
+    )
     run_id = cfg.run_id or Path(out_dir).name
-    config_dict = cfg.to_dict() | {"ranks": size, "batch_size": store.batch_size,
-                                   "plan_tables": plan}  # fmt: skip
+    config_dict = cfg.to_dict() | {
+        "ranks": size,
+        "batch_size": store.batch_size,
+        "plan_tables": plan,
+    }
     lag = cfg.lag_bound if cfg.collective == "bls" else 0
     comm.Barrier()
-    header = records.Header.new(run_id=run_id, rank=rank, world_size=size,
-                                collective=cfg.collective, lag_bound=lag, config=config_dict)  # fmt: skip
+    header = records.Header.new(
+        run_id=run_id,
+        rank=rank,
+        world_size=size,
+        collective=cfg.collective,
+        lag_bound=lag,
+        config=config_dict,
+    )
     preds_kept = [] if predictions_out is not None else None
     bar = _progress(rank, total, progress)
     pending: list[_Pending] = []
@@ -309,8 +324,9 @@ def run(cfg: RunConfig, out_dir: str | Path, *, predictions_out: str | Path | No
             bottom = dense_model.bottom(batch.dense[lo:hi])
             t_bottom = time.monotonic()
             compute = (t_lookup - t_work) + (t_bottom - t_bottom_start)
-            pending.append(_Pending(i, ex, bottom, t_start, t_lookup, t_posted, t_bottom,
-                                    delay_s, compute))  # fmt: skip
+            pending.append(
+                _Pending(i, ex, bottom, t_start, t_lookup, t_posted, t_bottom, delay_s, compute)
+            )
             finish(coll.trim(), writer)
         finish(coll.drain(), writer)
         footer = writer.close()
@@ -344,12 +360,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="bls-dlrm infer", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", type=Path, help="YAML run config (keys: see RunConfig)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted for nested, value as YAML)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted for nested, value as YAML)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder for the logs")
     p.add_argument("--predictions", type=Path, help="also save predictions (.npy per rank)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on rank 0 (default: only on a terminal)")  # fmt: skip
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on rank 0 (default: only on a terminal)",
+    )
     return p
 
 

@@ -148,9 +148,12 @@ class SyncGloo(_Synchronous):
 
         as_tensor = torch.from_numpy if not isinstance(send, torch.Tensor) else (lambda t: t)
         self._dist.all_to_all_single(
-            as_tensor(recv), as_tensor(send), list(recv_counts), list(send_counts),
+            as_tensor(recv),
+            as_tensor(send),
+            list(recv_counts),
+            list(send_counts),
             group=self.group,
-        )  # fmt: skip
+        )
 
 
 def make_collective(

@@ -300,8 +300,9 @@ class BLSAlltoallv:
         if self.transport == "p2p":
             self._start_p2p(ex, sbuf.view, rbuf.view, rb, send_counts, sdispl, recv_counts, rdispl)
         else:
-            self._start_ialltoallv(ex, sbuf.view, rbuf.view, rb, send_counts, sdispl,
-                                   recv_counts, rdispl)  # fmt: skip
+            self._start_ialltoallv(
+                ex, sbuf.view, rbuf.view, rb, send_counts, sdispl, recv_counts, rdispl
+            )
         stats.bytes_sent = rb * (sum(send_counts) - send_counts[self.rank])
         stats.bytes_received = rb * (sum(recv_counts) - recv_counts[self.rank])
         stats.t_posted = time.monotonic()
