@@ -31,8 +31,16 @@ ITERATIONS = 6  # warmup 1 + 5 measured, as in infer_matrix.py
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "tiny"
-    generate_synthetic(out, "tiny", num_batches=4, batch_size=BATCH, seed=5,
-                       index_dist="zipf", pooling="uniform", pooling_k=4)  # fmt: skip
+    generate_synthetic(
+        out,
+        "tiny",
+        num_batches=4,
+        batch_size=BATCH,
+        seed=5,
+        index_dist="zipf",
+        pooling="uniform",
+        pooling_k=4,
+    )
     return out
 
 
@@ -50,8 +58,9 @@ def test_predictions_bit_identical_across_collectives_and_lag_bounds(
     ranks, dataset, mpirun, tmp_path
 ):
     out = tmp_path / "out"
-    mpirun.argv(ranks, ["python", str(SCRIPTS / "infer_matrix.py"), str(dataset), str(out)],
-                timeout=300)  # fmt: skip
+    mpirun.argv(
+        ranks, ["python", str(SCRIPTS / "infer_matrix.py"), str(dataset), str(out)], timeout=300
+    )
     whole, store, model = _oracle(dataset)
     slices = batch_slices(BATCH, ranks)
     for plan_dir in sorted(out.iterdir()):
@@ -88,8 +97,16 @@ def test_logs_record_lag_and_waits(dataset, mpirun, tmp_path):
     """A rotating straggler with L = 4 lets fast ranks run ahead (lag > 1 is logged)."""
     out = tmp_path / "run"
     argv = [str(Path(sys.executable).parent / "bls-dlrm"), "infer", "--out", str(out)]
-    for kv in (f"dataset={dataset}", "model.name=tiny", "collective=bls", "lag_bound=4",
-               "delay.kind=straggler", "delay.size_s=0.01", "iterations=12", "warmup=1"):  # fmt: skip
+    for kv in (
+        f"dataset={dataset}",
+        "model.name=tiny",
+        "collective=bls",
+        "lag_bound=4",
+        "delay.kind=straggler",
+        "delay.size_s=0.01",
+        "iterations=12",
+        "warmup=1",
+    ):
         argv += ["--set", kv]
     mpirun.argv(3, argv, timeout=120)
     log = read_run(out)
@@ -138,8 +155,10 @@ def test_cli_rejects_bad_config_before_mpi(tmp_path):
     exe = Path(sys.executable).parent / "bls-dlrm"
     result = subprocess.run(
         [str(exe), "infer", "--set", "dataset=/x", "--set", "lag_bond=3", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "lag_bond" in result.stderr
     assert not any(tmp_path.iterdir())

@@ -223,6 +223,13 @@ class ProcessGroupBLS(dist.ProcessGroup):
         work._copy_out = copy_out
         return work
 
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts):
+        # ``dist.all_to_all_single`` calls this name. torch's C++ method would reach
+        # ``alltoall_base`` through a wrapper Work that forwards only ``wait`` and
+        # ``get_future`` (its ``is_completed`` stays False forever); calling it here hands
+        # the caller the BLSWork itself.
+        return self.alltoall_base(output, input, output_split_sizes, input_split_sizes, opts)
+
     def alltoall(self, output_tensors, input_tensors, opts):
         engine = self._engine_or_raise()
         p = self.size()
