@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+# "mpi" is MPI's own Waitall; the rest are Backoff presets (the driver never imports MPI)
+WAITS = ("polite", "yield", "sleep", "mpi")
+
 SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "M": 1 << 20, "MIB": 1 << 20}
 
 
@@ -50,7 +53,7 @@ class CollectiveSpec:
     name: str
     lag_bound: int = 0
     transport: str = "p2p"
-    wait: str = "backoff"  # or "mpi": MPI's own spinning Waitall (for comparison only)
+    wait: str = "polite"  # a Backoff preset, or "mpi": MPI's own Waitall (comparison only)
 
     @classmethod
     def parse(cls, text: str) -> CollectiveSpec:
@@ -65,7 +68,7 @@ class CollectiveSpec:
         spec = cls(name, lag, *parts[2:4])
         if spec.name != "bls" and (spec.lag_bound or len(parts) > 2):
             raise argparse.ArgumentTypeError(f"{name} is synchronous: no lag bound/transport")
-        if spec.transport not in ("p2p", "ialltoallv") or spec.wait not in ("backoff", "mpi"):
+        if spec.transport not in ("p2p", "ialltoallv") or spec.wait not in WAITS:
             raise argparse.ArgumentTypeError(f"bad transport or wait in {text!r}")
         return spec
 
@@ -73,8 +76,8 @@ class CollectiveSpec:
     def label(self) -> str:
         if self.name != "bls":
             return self.name
-        extra = "" if self.transport == "p2p" and self.wait == "backoff" else f":{self.transport}"
-        extra += "" if self.wait == "backoff" else f":{self.wait}"
+        extra = "" if self.transport == "p2p" and self.wait == "polite" else f":{self.transport}"
+        extra += "" if self.wait == "polite" else f":{self.wait}"
         return f"bls:{self.lag_bound}{extra}"
 
 
@@ -95,7 +98,9 @@ def _make(spec: CollectiveSpec):
         init_torch("gloo")
         return make_collective("gloo"), dist
     if spec.name == "bls":
-        backoff = None if spec.wait == "mpi" else "default"
+        from .comm.engine import Backoff
+
+        backoff = None if spec.wait == "mpi" else Backoff.preset(spec.wait)
         coll = BLSAlltoallv(
             MPI.COMM_WORLD, spec.lag_bound, transport=spec.transport, backoff=backoff
         )

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from mpi4py import MPI
 
@@ -80,39 +80,59 @@ class ExchangeStats:
 
 
 class Backoff:
-    """Polite waiting: poll and yield the core for a short while, then sleep.
+    """Polite waiting: poll and yield the core for a while, then sleep.
 
     A message that is already on its way needs both ranks to drive MPI's progress for a
     few rounds (large messages use a rendezvous handshake), so a blocked rank first polls,
-    giving its core to any runnable co-located rank between polls (``sched_yield``), for at
-    most ``spin_s`` seconds. A wait longer than that means a peer is behind: the rank then
-    sleeps, starting at ``first_sleep`` and doubling up to ``max_sleep``, so it costs
-    nothing while it waits and notices its data at most ``max_sleep`` late. The bounds
-    were chosen with ``bls-dlrm bench-a2a`` (README, "Progress strategy").
+    yielding its core to any runnable co-located rank every ``yield_every`` polls
+    (``sched_yield``), for at most ``spin_s`` seconds. A wait longer than that means a peer
+    is behind: the rank then sleeps, starting at ``first_sleep`` and doubling up to
+    ``max_sleep``, so it costs nothing while it waits and notices its data at most
+    ``max_sleep`` late. The defaults were chosen with ``bls-dlrm bench-a2a`` (README,
+    "Progress strategy"); :meth:`preset` names the alternatives that were measured.
     """
 
     __slots__ = ("first_sleep", "max_sleep", "spin_s", "yield_every")
 
+    PRESETS: ClassVar[dict[str, dict[str, float]]] = {
+        "polite": {},
+        "yield": {"spin_s": float("inf")},  # poll and yield, never sleep
+        "sleep": {"spin_s": 0.0},  # sleep at once
+    }
+
     def __init__(
         self,
-        spin_s: float = 1e-3,
+        spin_s: float = 5e-3,
         first_sleep: float = 50e-6,
         max_sleep: float = 500e-6,
-        yield_every: int = int(os.environ.get("BLS_YIELD_EVERY", 32)),
+        yield_every: int = 16,
     ):
+        if spin_s < 0 or first_sleep <= 0 or max_sleep < first_sleep or yield_every < 1:
+            raise ValueError("Backoff needs spin_s >= 0, 0 < first_sleep <= max_sleep")
         self.spin_s, self.first_sleep, self.max_sleep = spin_s, first_sleep, max_sleep
-        self.yield_every = yield_every
+        self.yield_every = int(yield_every)
+
+    @classmethod
+    def preset(cls, name: str) -> Backoff:
+        try:
+            return cls(**cls.PRESETS[name])
+        except KeyError:
+            raise ValueError(f"unknown wait preset {name!r}: {sorted(cls.PRESETS)}") from None
 
     def wait(self, done, deadline: float | None) -> bool:
         """Call ``done()`` until it returns true; False if ``deadline`` passed first."""
         now = time.monotonic
-        spin_until = now() + self.spin_s
+        start = now()
+        spin_until = start + self.spin_s
         polls = 0
         while not done():
             polls += 1
             if polls % self.yield_every == 0:
-                if now() > spin_until:
+                t = now()
+                if t > spin_until:
                     break
+                if deadline is not None and t > deadline:
+                    return done()
                 os.sched_yield()
         else:
             return True
@@ -397,6 +417,7 @@ class BLSAlltoallv:
         The usual loop is ``post`` -> local work -> ``trim()`` -> use the completed data:
         it keeps a peer up to ``L`` exchanges behind without blocking.
         """
+        self._check_open()
         keep = self.lag_bound if keep is None else keep
         done = []
         while len(self._in_flight) > keep:
