@@ -234,20 +234,15 @@ def run(
     n_mine = hi - lo
     send_counts = [(b - a) * len(mine) for a, b in slices]
     recv_counts = [n_mine * len(tables) for tables in plan]
-    order = [t for tables in plan for t in tables]  # table order of the received columns
-    to_table_order = None
-    if order != list(range(mcfg.num_tables)):
-        to_table_order = torch.tensor(np.argsort(order), dtype=torch.int64)
     table_counts = [len(tables) for tables in plan]
 
-    def assemble(recv):
-        """Peer blocks (n_mine, |T_p|, d) side by side -> (n_mine, T, d) in plan order."""
-        if size == 1:
-            return recv.view(n_mine, mcfg.num_tables, d)
+    def received_parts(recv):
+        """The exchange's peer blocks as (table ids, (n_mine, |T_p|, d)) for ``top``."""
         blocks = recv.split(recv_counts)
-        return torch.cat(
-            [b.view(n_mine, k, d) for b, k in zip(blocks, table_counts, strict=True)], dim=1
-        )
+        return [
+            (tables, block.view(n_mine, k, d))
+            for tables, block, k in zip(plan, blocks, table_counts, strict=True)
+        ]
 
     total = cfg.warmup + cfg.iterations
     delays = DelaySpec.from_dict(cfg.delay).schedule(size, total)
@@ -282,10 +277,7 @@ def run(
             p = pending.pop(0)
             assert p.exchange is ex
             t0 = time.monotonic()
-            embedded = assemble(ex.recv)
-            if to_table_order is not None:
-                embedded = embedded.index_select(1, to_table_order)
-            preds = dense_model.top(p.bottom, embedded)
+            preds = dense_model.top(p.bottom, received_parts(ex.recv))
             t_done = time.monotonic()
             if preds_kept is not None:
                 preds_kept.append(preds.clone())
