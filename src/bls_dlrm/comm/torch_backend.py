@@ -107,8 +107,9 @@ class BLSWork(_DoneWork):
         self._copy_out: torch.Tensor | None = None  # set when recv went to a temporary
 
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
-        if not self.exchange.done:
-            self._pg._engine_or_raise().complete_until(self.exchange.iteration)
+        """Complete the exchange (and older ones); afterwards input and output are free."""
+        if not (self.exchange.done and self.exchange.sent):
+            self.exchange.wait()
         self._finish()
         return True
 
@@ -118,11 +119,52 @@ class BLSWork(_DoneWork):
             self._copy_out = None
 
     def is_completed(self) -> bool:
-        if not self.exchange.done and not self._pg.closed:
+        """Non-blocking: drives progress, true once both buffers are free again."""
+        ex = self.exchange
+        if not (ex.done and ex.sent) and not self._pg.closed:
             self._pg._engine_or_raise().poll()
-        if self.exchange.done:
+        if ex.done:
             self._finish()
-        return self.exchange.done
+        return ex.done and ex.sent
+
+    def get_future(self) -> Future:
+        self.wait()
+        return super().get_future()
+
+
+class _RequestWork(_DoneWork):
+    """A point-to-point operation in flight; ``wait`` completes it (politely)."""
+
+    def __init__(
+        self,
+        pg: ProcessGroupBLS,
+        req: MPI.Request,
+        what: str,
+        result: list[torch.Tensor],
+        buf: torch.Tensor,
+        copy_to: torch.Tensor | None = None,
+    ):
+        super().__init__(result)
+        self._pg, self._req, self._what = pg, req, what
+        self._buf, self._copy_to = buf, copy_to  # MPI's buffer stays alive until done
+        self._done = False
+
+    def wait(self, timeout: timedelta = timedelta(0)) -> bool:
+        if not self._done:
+            self._pg._wait(self._req, self._what)
+            self._finish()
+        return True
+
+    def is_completed(self) -> bool:
+        if not self._done and self._req.Test():
+            self._finish()
+        return self._done
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._copy_to is not None:
+            self._copy_to.copy_(self._buf)
+        self._buf = self._copy_to = None
 
     def get_future(self) -> Future:
         self.wait()
@@ -283,6 +325,15 @@ class ProcessGroupBLS(dist.ProcessGroup):
         output.copy_(self._allgather_bytes(input).view(output.shape))
         return _DoneWork([output])
 
+    # ``dist.all_gather_into_tensor`` and ``dist.reduce_scatter_tensor`` call these names;
+    # torch's C++ methods behind them look for a per-device backend, which a Python
+    # process group does not have ("No backend type associated with device type cpu").
+    def all_gather_single(self, output, input, opts):
+        return self._allgather_base(output, input, opts)
+
+    def reduce_scatter_single(self, output, input, opts):
+        return self._reduce_scatter_base(output, input, opts)
+
     def gather(self, output_tensors, input_tensors, opts):
         stacked = self._allgather_bytes(input_tensors[0])
         if self.rank() == opts.rootRank:
@@ -330,20 +381,21 @@ class ProcessGroupBLS(dist.ProcessGroup):
         self._wait(self._comm.Ibarrier(), "barrier")
         return _DoneWork()
 
+    # send and recv return at once (``dist.isend``/``dist.irecv`` must not block: ranks that
+    # all isend first would deadlock on large messages); ``dist.send``/``recv`` wait.
+
     def send(self, tensors, dst, tag):
         self._engine_or_raise()
         buf = tensors[0].detach().contiguous()
-        self._wait(self._comm.Isend([_bytes(buf), MPI.BYTE], dst, tag), "send")
-        return _DoneWork(list(tensors))
+        req = self._comm.Isend([_bytes(buf), MPI.BYTE], dst, tag)
+        return _RequestWork(self, req, "send", list(tensors), buf)
 
     def recv(self, tensors, src, tag):
         self._engine_or_raise()
         t = tensors[0]
-        buf = t if t.is_contiguous() else torch.empty_like(t).contiguous()
-        self._wait(self._comm.Irecv([_bytes(buf), MPI.BYTE], src, tag), "recv")
-        if buf is not t:
-            t.copy_(buf)
-        return _DoneWork(list(tensors))
+        buf = t if t.is_contiguous() else torch.empty_like(t, memory_format=torch.contiguous_format)
+        req = self._comm.Irecv([_bytes(buf), MPI.BYTE], src, tag)
+        return _RequestWork(self, req, "recv", list(tensors), buf, None if buf is t else t)
 
 
 # -- helpers -----------------------------------------------------------------------------
