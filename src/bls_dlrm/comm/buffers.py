@@ -41,7 +41,10 @@ def row_buffer(buf: Any, what: str = "buffer") -> RowBuffer:
             raise ValueError(f"{what} must be contiguous; call .contiguous() first")
         if buf.dim() == 0:
             raise ValueError(f"{what} must have at least one dimension")
-        flat = buf.detach().reshape(-1).view(torch.uint8).numpy()
+        flat = buf.detach().reshape(-1)
+        # An empty tensor may have stride 0 (torch.from_numpy of an empty array), which
+        # torch refuses to view as bytes; there are no bytes to share anyway.
+        flat = flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
         shape, dtype = tuple(buf.shape), str(buf.dtype).removeprefix("torch.")
     elif isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:

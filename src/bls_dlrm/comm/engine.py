@@ -539,7 +539,7 @@ class BLSAlltoallv:
         for k in range(len(ex._peers)):
             have = ex.stats.iteration - 1  # the peer has surely posted everything before
             for later in self._in_flight:  # the same peer's receive, exchange after exchange
-                if not later._reqs[k].Get_status():
+                if not _arrived(later._reqs[k]):
                     break
                 have = later.stats.iteration
             slowest = min(slowest, have)
@@ -548,7 +548,7 @@ class BLSAlltoallv:
     def _missing(self, ex: Exchange) -> list[int]:
         if not ex._peers:
             return [p for p in range(self.size) if p != self.rank]
-        return [peer for peer, req in zip(ex._peers, ex._reqs, strict=True) if not req.Get_status()]
+        return [peer for peer, req in zip(ex._peers, ex._reqs, strict=True) if not _arrived(req)]
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -572,6 +572,18 @@ class BLSAlltoallv:
         # On an error the exchanges in flight cannot be completed safely: leave them.
         if exc_type is None:
             self.close()
+
+
+def _arrived(req: MPI.Request) -> bool:
+    """Whether a receive has completed, without freeing it.
+
+    A receive that failed (a truncated message: counts disagree) raises in ``Get_status``;
+    it has arrived all the same, and ``Exchange._ready`` reports it as a BLSCountError.
+    """
+    try:
+        return req.Get_status()
+    except MPI.Exception:
+        return True
 
 
 def _count(c: Any, what: str) -> int:
