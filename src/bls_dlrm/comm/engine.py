@@ -22,7 +22,8 @@ Transport, chosen by measurement (``bls-dlrm bench-a2a --transport``, README
 "Progress strategy"): point-to-point ``Irecv``/``Isend`` on a private duplicate of the
 communicator, one message per peer and exchange, tagged by exchange number modulo the tag
 space. MPI's non-overtaking rule keeps a peer's pieces in exchange order. The alternative,
-one ``Ialltoallv`` per exchange, is available as ``transport="ialltoallv"``.
+one ``Ialltoallv`` per exchange, is available as ``transport="ialltoallv"``; MPI may skip
+empty pieces there, so a zero-count piece does not hold a rank to the lag bound.
 
 Waiting never busy-spins: ranks are often oversubscribed (4 ranks on 2 cores), and a
 spinning rank steals the core from the very peer it waits for. A blocked rank tests its
@@ -80,7 +81,9 @@ class ExchangeStats:
     t_posted: float  # when all sends and receives were started
     t_complete: float = float("nan")  # when the exchange was completed on this rank
     wait_s: float = 0.0  # time blocked waiting for this exchange's data
-    lag: int = 0  # exchanges this rank was ahead of the slowest peer when it blocked
+    # Exchanges this rank had posted that the slowest missing peer had not, when it blocked:
+    # 1 for a blocked synchronous exchange, at most L + 1 at the lag bound; 0: no block.
+    lag: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     send_wait_s: float = 0.0  # time ``post`` waited for old sends to leave (buffer bound)
