@@ -12,6 +12,24 @@ from bls_dlrm.launch import run_mpi
 
 MPI_TIMEOUT = 120.0
 
+# Put before every snippet: a failing rank ends the whole launch at once (MPI_Abort)
+# instead of leaving its peers waiting for it until the launcher's timeout.
+ABORT_ON_ERROR = """\
+import sys as _sys
+import traceback as _traceback
+
+
+def _abort_on_error(*exc_info):
+    _traceback.print_exception(*exc_info)
+    _sys.stderr.flush()
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Abort(1)
+
+
+_sys.excepthook = _abort_on_error
+"""
+
 
 class MPIRun:
     """Runs a Python snippet or argv on P ranks and fails the test with every rank's output."""
@@ -23,7 +41,7 @@ class MPIRun:
     def script(self, nprocs: int, code: str, *args: str, timeout: float = MPI_TIMEOUT, env=None):
         self.count += 1
         path = self.tmp_path / f"mpi_script_{self.count}.py"
-        path.write_text(textwrap.dedent(code))
+        path.write_text(ABORT_ON_ERROR + textwrap.dedent(code))
         return self.argv(nprocs, ["python", str(path), *args], timeout=timeout, env=env)
 
     def argv(self, nprocs: int, argv, *, timeout: float = MPI_TIMEOUT, env=None, expect_ok=True):

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.mpi
 SNIPPET = """
 import sys
 import time
-import traceback
 
 import numpy as np
 import torch
@@ -34,15 +33,6 @@ from bls_dlrm.comm import BLSAlltoallv
 
 comm = MPI.COMM_WORLD
 rank, P = comm.Get_rank(), comm.Get_size()
-
-
-def abort_on_error(*exc_info):
-    traceback.print_exception(*exc_info)
-    sys.stderr.flush()
-    comm.Abort(1)
-
-
-sys.excepthook = abort_on_error
 
 SEED = int(sys.argv[1])
 N = 24  # exchanges per case: enough for L = 8 to show a lag

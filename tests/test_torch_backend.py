@@ -22,7 +22,6 @@ import copy
 import os
 import sys
 import time
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -31,15 +30,6 @@ from mpi4py import MPI
 import bls_dlrm.comm  # registers the backend "bls"
 from bls_dlrm.comm import BLSClosedError, BLSOptions
 
-
-def abort_on_error(*exc_info):
-    # one failing rank ends the launch at once instead of leaving its peers waiting
-    traceback.print_exception(*exc_info)
-    sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(1)
-
-
-sys.excepthook = abort_on_error
 DTYPES = (torch.int64, torch.float32, torch.bfloat16, torch.complex64)
 
 

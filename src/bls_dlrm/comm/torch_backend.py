@@ -475,7 +475,9 @@ def _create(dist_opts, backend_options) -> ProcessGroupBLS:
     # Check the options before any communicator exists, so a bad one leaks nothing.
     lag = options.lag_bound if options.lag_bound is not None else default_lag_bound()
     if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
-        raise ValueError(f"BLSOptions.lag_bound must be an integer >= 0, got {lag!r}")
+        raise ValueError(
+            f"BLSOptions.lag_bound: the lag bound must be an integer >= 0, got {lag!r}"
+        )
     if options.transport not in ("p2p", "ialltoallv"):
         raise ValueError(f"BLSOptions.transport must be p2p or ialltoallv: {options.transport!r}")
     rank, size = dist_opts.group_rank, dist_opts.group_size

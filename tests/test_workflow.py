@@ -1,0 +1,351 @@
+"""The Snakemake workflow: lint and format, the sweep a config describes, bad configs, and
+one real run of the smoke config up to the tables, interrupted and resumed.
+
+Dry runs work in the project folder with ``--nolock`` (they write nothing); the smoke run
+works in a temporary folder (``--directory``), so it never touches ``data/`` or
+``results/`` of the checkout.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = BIN / "snakemake"
+SNAKEFMT = BIN / "snakefmt"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+TABLES = "results/tables/runs.parquet"
+SWEEP = "sweep"  # target rule: every run and the tables
+
+#: The sweep's axes in the order of the run folders' levels.
+PATH_AXES = ("scenario", "collective", "lag_bound", "ranks", "model", "seed", "rep")
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [str(SNAKEMAKE), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    return f"{result.stdout}\n{result.stderr}"
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """The first 'Job stats' table of snakemake's output as {rule: count}."""
+    lines = text.splitlines()
+    start = lines.index("Job stats:")
+    counts: dict[str, int] = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+# -- the config as the schema completes it (computed here, independently of common.smk) ---
+
+
+def load_config(path: Path) -> dict:
+    schema = yaml.safe_load(SCHEMA.read_text())
+    cfg = yaml.safe_load(path.read_text())
+    for key, prop in schema["properties"].items():
+        if key not in cfg and "default" in prop:
+            cfg[key] = prop["default"]
+    data_defaults = {
+        k: v["default"] for k, v in schema["definitions"]["data"]["properties"].items()
+    }
+    for scenario in cfg["scenarios"]:
+        scenario["data"] = {**data_defaults, **scenario.get("data", {})}
+    return cfg
+
+
+def expected_design(cfg: dict) -> list[dict]:
+    settings = []
+    for collective in cfg["collectives"]:
+        lags = cfg["lag_bounds"] if collective == "bls" else [0]
+        settings += [(collective, lag) for lag in lags]
+    return [
+        {
+            "scenario": s["name"],
+            "collective": c,
+            "lag_bound": lag,
+            "ranks": p,
+            "model": m["name"],
+            "seed": seed,
+            "rep": rep,
+        }
+        for s, (c, lag), p, m, seed, rep in itertools.product(
+            cfg["scenarios"],
+            settings,
+            cfg["ranks"],
+            cfg["models"],
+            cfg["seeds"],
+            range(cfg["repetitions"]),
+        )
+    ]
+
+
+def expected_datasets(cfg: dict) -> set:
+    return {
+        (m["name"], tuple(sorted(s["data"].items())), seed)
+        for m in cfg["models"]
+        for s in cfg["scenarios"]
+        for seed in cfg["seeds"]
+    }
+
+
+def run_path(row: dict) -> str:
+    return "results/runs/" + "/".join(f"{axis}~{row[axis]}" for axis in PATH_AXES)
+
+
+# -- fast checks ---------------------------------------------------------------------------
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", "--nolock")
+    text = output_of(result)
+    assert result.returncode == 0, text
+    assert "Lints for" not in text, text
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [str(SNAKEFMT), "--check", "Snakefile", "workflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_paper_dry_run_lists_every_run_and_the_core_hours():
+    cfg = load_config(ROOT / "config" / "paper.yaml")
+    design = expected_design(cfg)
+    datasets = expected_datasets(cfg)
+    result = snakemake(
+        TABLES, "--nolock", "--dry-run", "--quiet", "rules", "--configfile", "config/paper.yaml"
+    )
+    text = output_of(result)
+    assert result.returncode == 0, text
+    stats = job_stats(text)
+    per_ranks = {p: sum(row["ranks"] == p for row in design) for p in cfg["ranks"]}
+    expected = {f"run_{p}ranks": n for p, n in per_ranks.items()}
+    expected.update(dataset=len(datasets), design=1, tables=1)
+    expected["total"] = len(design) + len(datasets) + 2
+    assert stats == expected
+    assert len(design) == 3840  # 12 scenarios x 8 settings x 4 rank counts x 2 models x 5 reps
+    summary = re.search(r"Sweep: (\d+) runs .*? ([\d.]+) core-hours", text)
+    assert summary, text
+    assert int(summary.group(1)) == len(design)
+    assert float(summary.group(2)) > 0
+
+
+def test_default_config_is_the_2_core_sweep():
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    design = expected_design(cfg)
+    result = snakemake(TABLES, "--nolock", "--dry-run", "--quiet", "rules")
+    text = output_of(result)
+    assert result.returncode == 0, text
+    stats = job_stats(text)
+    # Already finished runs are not listed again; a fresh checkout lists them all.
+    assert stats.get("run_4ranks", 0) <= len(design) == 56
+    assert {s["name"] for s in cfg["scenarios"]} >= {
+        "balanced",
+        "random",
+        "straggler",
+        "zipf",
+        "unbalanced",
+    }
+    assert cfg["ranks"] == [4]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--config", "repetitionz=2"), "'repetitionz' was unexpected"),
+        (("--config", "repetitions=two"), "'two' is not of type 'integer'"),
+        (("--config", "lag_bounds=[]"), "lag_bounds"),
+    ],
+)
+def test_a_broken_config_stops_before_any_job(args, needle):
+    result = snakemake("--nolock", "--dry-run", *args)
+    text = output_of(result)
+    assert result.returncode != 0
+    assert "Error validating config file" in text or "config key" in text, text
+    assert needle in text, text
+    assert "Job stats" not in text
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (  # a typo inside a scenario: the schema names the key
+            {"scenarios": [{"name": "a", "delay": {"kind": "rotating", "size": 0.01}}]},
+            "'size' was unexpected",
+        ),
+        (  # a wrong type deep inside
+            {"models": [{"name": "m", "model": "tiny", "batch_size": "big"}]},
+            "'big' is not of type 'integer'",
+        ),
+        (  # cross-key checks that the schema cannot make
+            {"ranks": [4, 64]},
+            "config key 'ranks': 64 ranks",
+        ),
+        (
+            {"models": [{"name": "m", "model": "kagle"}]},
+            "config key 'models[0].model': unknown model config 'kagle'",
+        ),
+        (
+            {"scenarios": [{"name": "a"}, {"name": "a"}]},
+            "config key 'scenarios[1].name': 'a' is used twice",
+        ),
+        (
+            {
+                "scenarios": [
+                    {"name": "a", "delay": {"kind": "straggler", "size_s": 0.1, "ranks": [9]}}
+                ]
+            },
+            "config key 'scenarios[0].delay'",
+        ),
+        (
+            {"scenarios": [{"name": "a", "delay": {"kind": "rotating"}}]},
+            "needs size_s or factor",
+        ),
+    ],
+)
+def test_a_broken_config_file_names_the_key(tmp_path, config, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--nolock", "--dry-run", "--configfile", str(path))
+    text = output_of(result)
+    assert result.returncode != 0, text
+    assert needle in text, text
+    assert "Job stats" not in text
+
+
+def test_smoke_config_covers_every_series_the_figures_draw():
+    cfg = load_config(ROOT / "config" / "smoke.yaml")
+    assert {"gloo", "mpi", "bls"} <= set(cfg["collectives"])
+    assert 0 in cfg["lag_bounds"] and max(cfg["lag_bounds"]) >= 8
+    kinds = {s["delay"]["kind"] if "delay" in s else "none" for s in cfg["scenarios"]}
+    assert {"none", "rotating"} <= kinds
+    assert any(s["data"]["index_dist"] == "zipf" for s in cfg["scenarios"])
+
+
+# -- the smoke sweep, for real -------------------------------------------------------------
+
+
+def smoke(workdir: Path, *targets: str) -> subprocess.CompletedProcess:
+    result = snakemake(
+        *targets,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--workflow-profile",
+        str(ROOT / "profiles" / "local"),
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "config" / "smoke.yaml"),
+        timeout=600,
+    )
+    assert result.returncode == 0, output_of(result)[-6000:]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.timeout(900)
+def test_smoke_sweep_makes_the_tables_and_resumes_only_what_is_missing(tmp_path):
+    cfg = load_config(ROOT / "config" / "smoke.yaml")
+    design = expected_design(cfg)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    smoke(work, SWEEP)
+
+    # Every run of the design is in the tables, and only those.
+    runs = pd.read_parquet(work / TABLES)
+    assert len(runs) == len(design)
+    got = {
+        (r["config.tags.scenario"], r["collective"], int(r["config.lag_bound"]))
+        for _, r in runs.iterrows()
+    }
+    assert got == {(d["scenario"], d["collective"], d["lag_bound"]) for d in design}
+    assert set(runs["world_size"]) == set(cfg["ranks"])
+    assert (runs["measured_iterations"] == cfg["run"]["iterations"]).all()
+    # Predictions are bit-identical across collectives and lag bounds, per workload.
+    per_scenario = runs.groupby("config.tags.scenario")["predictions_checksum"].nunique()
+    assert (per_scenario == 1).all(), per_scenario
+    # The tags the figures group by.
+    delayed = runs[runs["config.tags.delay_kind"] == "rotating"]
+    assert (delayed["config.delay.size_s"] > 0).all()
+    assert set(runs["config.tags.dataset"]) == {
+        row["dataset"] for row in csv.DictReader((work / "results/tables/design.csv").open())
+    }
+    with (work / "results/tables/design.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(design)
+
+    # Each run folder holds its resolved config, which `bls-dlrm infer` read.
+    first = work / run_path(design[0])
+    run_yaml = yaml.safe_load((first / "run.yaml").read_text())
+    assert run_yaml["collective"] == design[0]["collective"]
+    assert run_yaml["tags"]["scenario"] == design[0]["scenario"]
+
+    # Interrupt one run: its last rank's log is gone and a partial one is left behind.
+    victim = next(d for d in design if d["collective"] == "bls" and d["lag_bound"] > 0)
+    victim_dir = work / run_path(victim)
+    last = cfg["ranks"][0] - 1
+    (victim_dir / f"rank{last}.jsonl").unlink()
+    (victim_dir / f"rank{last}.jsonl.partial").write_text('{"record": "header"}\n')
+    others = {
+        path: path.stat().st_mtime_ns
+        for d in design
+        if d is not victim
+        for path in (work / run_path(d)).glob("rank*.jsonl")
+    }
+    tables_before = (work / TABLES).stat().st_mtime_ns
+
+    result = smoke(work, SWEEP)
+    stats = job_stats(output_of(result))
+    assert stats == {f"run_{cfg['ranks'][0]}ranks": 1, "tables": 1, "sweep": 1, "total": 3}
+    assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else was redone
+    assert (victim_dir / f"rank{last}.jsonl").is_file()
+    assert not list(victim_dir.glob("*.partial"))
+    assert (work / TABLES).stat().st_mtime_ns > tables_before
+    assert len(pd.read_parquet(work / TABLES)) == len(design)
+
+    # And now there is nothing left to do.
+    result = snakemake(
+        SWEEP,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(work),
+        "--dry-run",
+        "--configfile",
+        str(ROOT / "config" / "smoke.yaml"),
+    )
+    assert "Nothing to be done" in output_of(result), output_of(result)
