@@ -50,6 +50,7 @@ def run(
         "makespan_s": samples / throughput,
         "latency_p50_s": latency,
         "latency_p99_s": latency * 1.5,
+        "iteration_time_p99_s": latency,
         "ideal_speedup": ideal,
         "ideal_efficiency": efficiency,
         "predictions_checksum": checksum,

@@ -70,8 +70,14 @@ __all__ = [
 BALANCED_TOLERANCE = 0.05
 #: (b) a ratio (sync / BLS for latency, BLS / sync for throughput) of at least this is a gain.
 GAIN_MIN = 1.05
-#: (b) the latency statistic compared: median per-iteration latency.
-LATENCY_METRIC = "latency_p50_s"
+#: (b) the latency statistic judged: the tail (p99) of the time per iteration, i.e. how
+#: long the system takes to deliver each next batch of predictions (the reference DLRM's
+#: "ms/it"), where delays on any rank show up.
+LATENCY_METRIC = "iteration_time_p99_s"
+#: (b) reported beside it, not judged: the median batch latency, start of a batch's
+#: lookups to its predictions (max over ranks). A lag bound lets fast ranks start a batch
+#: early and wait for its data later, so in a closed loop this one grows with L.
+BATCH_LATENCY_METRIC = "latency_p50_s"
 #: (c) share of the theory's ideal speedup that counts as masking the delays.
 MASKED_MIN = 0.90
 #: (d) the end-to-end speedup the abstract quotes.
@@ -152,16 +158,19 @@ def _versus(med: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["workload", "scenario_class", "bls", "sync", "throughput_gain"]
         )
-    cols = ["workload", "scenario_class", "series", "throughput_sps", LATENCY_METRIC]
-    cols += ["ideal_speedup"]
+    metrics = ["throughput_sps", LATENCY_METRIC, BATCH_LATENCY_METRIC]
+    cols = ["workload", "scenario_class", "series", *metrics, "ideal_speedup"]
     both = bls[cols].merge(
-        sync[["workload", "series", "throughput_sps", LATENCY_METRIC]],
+        sync[["workload", "series", *metrics]],
         on="workload",
         suffixes=("_bls", "_sync"),
     )
     both = both.rename(columns={"series_bls": "bls", "series_sync": "sync"})
     both["throughput_gain"] = both["throughput_sps_bls"] / both["throughput_sps_sync"]
     both["latency_gain"] = both[f"{LATENCY_METRIC}_sync"] / both[f"{LATENCY_METRIC}_bls"]
+    both["batch_latency_gain"] = (
+        both[f"{BATCH_LATENCY_METRIC}_sync"] / both[f"{BATCH_LATENCY_METRIC}_bls"]
+    )
     return both
 
 
@@ -207,8 +216,8 @@ def claim_unbalanced(med: pd.DataFrame) -> Claim:
         macro="Unbalanced",
         claim="Unbalanced runs (skewed accesses, delays): BLS improves latency and throughput",
         test=(
-            "Fig. 4 and Fig. 2: best-L BLS vs best synchronous, throughput and median "
-            "iteration latency, unbalanced workloads with room for a gain in theory"
+            "Fig. 4 and Fig. 2: best-L BLS vs best synchronous, throughput and p99 time "
+            "per iteration, unbalanced workloads with room for a gain in theory"
         ),
         command=FIGURE_COMMAND.format(name="fig4_scenarios"),
         measured=NA,
@@ -223,7 +232,15 @@ def claim_unbalanced(med: pd.DataFrame) -> Claim:
     eligible = both[room]
     no_room = both[~room]
     claim.details = both[
-        ["workload", "bls", "sync", "throughput_gain", "latency_gain", "ideal_speedup"]
+        [
+            "workload",
+            "bls",
+            "sync",
+            "throughput_gain",
+            "latency_gain",
+            "batch_latency_gain",
+            "ideal_speedup",
+        ]
     ]
     if eligible.empty:
         claim.measured = (
@@ -232,12 +249,14 @@ def claim_unbalanced(med: pd.DataFrame) -> Claim:
         return claim
     thr = float(eligible["throughput_gain"].median())
     lat = float(eligible["latency_gain"].median())
+    batch = float(eligible["batch_latency_gain"].median())
     improved = int(
         ((eligible["throughput_gain"] >= GAIN_MIN) & (eligible["latency_gain"] >= GAIN_MIN)).sum()
     )
     claim.verdict = SUPPORTED if thr >= GAIN_MIN and lat >= GAIN_MIN else NOT_SUPPORTED
     claim.measured = (
-        f"throughput x{_fmt(thr)}, latency x{_fmt(lat)} (medians); "
+        f"throughput x{_fmt(thr)}, p99 time per iteration x{_fmt(lat)} (medians; "
+        f"batch latency p50 x{_fmt(batch)}, not judged); "
         f"{improved} of {len(eligible)} workload(s) improve both"
     )
     if len(no_room):

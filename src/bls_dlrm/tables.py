@@ -14,7 +14,9 @@ derived quantity is defined once, here:
     and ``end_spread_s`` (how far apart ranks started and finished it); the extremes
     ``t_start_min/max``, ``t_done_min/max``; samples (all ranks); ``wait_max_s``,
     ``wait_sum_s``, ``delay_max_s``, ``delay_sum_s``, ``compute_max_s``, ``lag_max``,
-    ``blocked_ranks`` (ranks with a wait > 0); ``checksum``: SHA-256 of the ranks'
+    ``blocked_ranks`` (ranks with a wait > 0); ``iteration_time_s`` = this iteration's last
+    ``t_done`` - the previous one's (the first: - its first ``t_start``), the time per
+    iteration whose mean is makespan / iterations; ``checksum``: SHA-256 of the ranks'
     prediction checksums in rank order. Runs of one workload must agree on it for every
     collective and lag bound: that is the bit-identical-predictions check.
 
@@ -23,8 +25,10 @@ derived quantity is defined once, here:
     measured ``t_start``; ``throughput_sps`` = global measured samples / makespan;
     ``latency_p50_s``, ``latency_p95_s``, ``latency_p99_s`` (linear interpolation between
     order statistics, numpy's default), ``latency_mean_s``, ``latency_max_s`` over the
-    per-iteration latencies; ``wait_s``, ``delay_s``, ``compute_s`` (sums over ranks and
-    measured iterations), ``wait_share`` = wait / (wait + compute + delay) and
+    per-iteration latencies; ``iteration_time_mean_s``, ``iteration_time_p50_s``,
+    ``iteration_time_p95_s``, ``iteration_time_p99_s`` over the iteration times;
+    ``wait_s``, ``delay_s``, ``compute_s`` (sums over ranks and measured iterations),
+    ``wait_share`` = wait / (wait + compute + delay) and
     ``delay_share`` likewise; ``lag_max``, ``lag_mean``; the bound from
     :mod:`bls_dlrm.theory` on the logged work ``w[r, i] = compute_s + delay_s``:
     ``ideal_makespan_s`` (under the run's lag bound; the synchronous baselines count as
@@ -245,6 +249,13 @@ def _per_iteration(iterations: pd.DataFrame) -> pd.DataFrame:
         _combine_checksums(c for _, c in group)
         for _, group in itertools.groupby(keyed, key=lambda kv: kv[0])
     ]
+    # Iteration time: how long after the previous iteration this one was done on every
+    # rank (the first measured one: from its earliest start). Its mean is makespan /
+    # iterations, the reference DLRM's "ms/it"; its tail shows how delays reach the output.
+    previous = out.groupby("run_id", sort=False)["t_done_max"].shift()
+    out["iteration_time_s"] = (out["t_done_max"] - previous).fillna(
+        out["t_done_max"] - out["t_start_min"]
+    )
     out.insert(4, "span_s", out["t_done_max"] - out["t_start_min"])
     out.insert(5, "start_spread_s", out["t_start_max"] - out["t_start_min"])
     out.insert(6, "end_spread_s", out["t_done_max"] - out["t_done_min"])
@@ -259,12 +270,26 @@ def per_iteration_table(run: RunLog) -> pd.DataFrame:
     return _per_iteration(iterations_table(run))
 
 
+def _stats(name: str, values: np.ndarray) -> dict[str, float]:
+    """Mean and p50/p95/p99 of ``values`` as ``{name}_mean_s``, ``{name}_p50_s``, ..."""
+    if not len(values):
+        return {f"{name}_{k}_s": math.nan for k in ("mean", "p50", "p95", "p99")}
+    p50, p95, p99 = (float(x) for x in np.percentile(values, [50, 95, 99]))
+    return {
+        f"{name}_mean_s": float(values.mean()),
+        f"{name}_p50_s": p50,
+        f"{name}_p95_s": p95,
+        f"{name}_p99_s": p99,
+    }
+
+
 def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame) -> dict[str, Any]:
     """Every per-run statistic, from the run's own iterations and per-iteration rows."""
     # Imported here so that reading logs and building the other tables never needs it.
     from bls_dlrm import theory
 
     measured = per_iteration["latency_s"].to_numpy(dtype=np.float64)
+    interval = per_iteration["iteration_time_s"].to_numpy(dtype=np.float64)
     samples = int(iterations["samples"].sum())
     if len(iterations):
         makespan = float(iterations["t_done"].max() - iterations["t_start"].min())
@@ -308,6 +333,7 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
         "latency_p95_s": p95,
         "latency_p99_s": p99,
         "latency_max_s": lat_max,
+        **_stats("iteration_time", interval),
         "wait_s": wait,
         "delay_s": delay,
         "compute_s": compute,
