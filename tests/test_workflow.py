@@ -50,8 +50,10 @@ def output_of(result: subprocess.CompletedProcess) -> str:
 
 
 def job_stats(text: str) -> dict[str, int]:
-    """The first 'Job stats' table of snakemake's output as {rule: count}."""
+    """The first 'Job stats' table of snakemake's output as {rule: count} ({} if none)."""
     lines = text.splitlines()
+    if "Job stats:" not in lines:
+        return {}
     start = lines.index("Job stats:")
     counts: dict[str, int] = {}
     for line in lines[start + 3 :]:

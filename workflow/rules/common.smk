@@ -1,0 +1,443 @@
+"""What the rules share: tools, paths, and the sweep design built from the config.
+
+The sweep is a table (a ``Paramspace``) with one row per run and one column per axis,
+built here once from the validated config. Its wildcard pattern is every run's folder:
+
+    results/runs/scenario~S/collective~C/lag_bound~L/ranks~P/model~M/seed~N/rep~R/
+
+Rules hold no Python logic of their own: whatever they need beyond their wildcards (the
+resolved run config, the dataset a run reads, its estimated runtime) comes from the
+functions below. Cross-key checks that a JSON Schema cannot express (unique names, a model
+that exists, no more ranks than tables, a delay schedule that fits the rank count) run at
+parse time too, so a bad config stops before any job, naming the key.
+"""
+
+import hashlib
+import importlib.util
+import math
+import sys
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import Paramspace
+
+# libyaml's emitter when present: a dry run of a large sweep renders every run config.
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+# -- tools: always those of the Python that runs snakemake (the project's venv) ----------
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
+BLS_DLRM = str(BIN / "bls-dlrm")
+# Documents the software of every shell rule for `--sdm conda`; by default the rules run
+# the tools above, next to sys.executable.
+CONDA_ENV = "../../environment.yml"
+
+# -- paths (relative to the working directory) ------------------------------------------
+
+DATA_DIR = "data/synthetic"
+RUNS_DIR = "results/runs"
+TABLES_DIR = "results/tables"
+LOG_DIR = "results/logs"
+BENCH_DIR = "results/benchmarks"
+
+TABLE_NAMES = ("iterations", "per_iteration", "runs")
+TABLE_FILES = {name: f"{TABLES_DIR}/{name}.parquet" for name in TABLE_NAMES}
+DESIGN_CSV = f"{TABLES_DIR}/design.csv"
+
+DATASET_MANIFEST = f"{DATA_DIR}/{{dataset}}/manifest.json"
+DATASET_LOG = f"{LOG_DIR}/data/{{dataset}}.log"
+DATASET_BENCHMARK = f"{BENCH_DIR}/data/{{dataset}}.tsv"
+
+#: Axes of the sweep, in path order.
+AXES = ("scenario", "collective", "lag_bound", "ranks", "model", "seed", "rep")
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    scenario=r"[^/]+",
+    collective=r"gloo|mpi|bls",
+    lag_bound=r"\d+",
+    ranks=r"\d+",
+    model=r"[^/]+",
+    seed=r"\d+",
+    rep=r"\d+",
+
+
+# -- checks the schema cannot make -------------------------------------------------------
+
+
+def config_error(key, message):
+    """The error a bad config raises: it names the key, and snakemake stops at parse time."""
+    return WorkflowError(f"config key '{key}': {message}")
+
+
+def _load_model_module():
+    """bls_dlrm/model/config.py, loaded alone.
+
+    ``import bls_dlrm.model`` would import torch (seconds, on every parse and in every
+    cluster job); the configuration module is plain data and needs nothing else.
+    """
+    spec = importlib.util.find_spec("bls_dlrm")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkflowError(
+            f"the bls_dlrm package is not installed for {sys.executable}; "
+            "run `make venv` (or `pip install -e .`) first"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "config.py"
+    module_spec = importlib.util.spec_from_file_location("_bls_dlrm_model_config", path)
+    loaded = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = loaded  # dataclasses look their module up by name
+    module_spec.loader.exec_module(loaded)
+    return loaded
+
+
+def _unique_names(items, key):
+    seen = set()
+    for i, item in enumerate(items):
+        if item["name"] in seen:
+            raise config_error(f"{key}[{i}].name", f"{item['name']!r} is used twice")
+        seen.add(item["name"])
+    return {item["name"]: item for item in items}
+
+
+def resolved_delay(scenario, model, seed):
+    """The scenario's delay schedule for one model and seed, as the run config takes it."""
+    delay = {k: v for k, v in scenario["delay"].items() if k != "factor"}
+    if "factor" in scenario["delay"]:
+        delay["size_s"] = round(scenario["delay"]["factor"] * model["work_s"], 9)
+    delay["seed"] = seed
+    return delay
+
+
+def _check_config(cfg, model_configs):
+    from bls_dlrm.delays import DelaySpec
+
+    models = _unique_names(cfg["models"], "models")
+    scenarios = _unique_names(cfg["scenarios"], "scenarios")
+    for i, model in enumerate(cfg["models"]):
+        key = f"models[{i}]"
+        known = sorted(model_configs.CONFIGS)
+        if model["model"] not in model_configs.CONFIGS:
+            raise config_error(
+                f"{key}.model",
+                f"unknown model config {model['model']!r}; known: {', '.join(known)}",
+            )
+        tables = len(model_configs.CONFIGS[model["model"]].table_rows)
+        for ranks in cfg["ranks"]:
+            if ranks > tables:
+                raise config_error(
+                    "ranks",
+                    f"{ranks} ranks, but model {model['model']!r} ({model['name']}) has "
+                    f"{tables} tables and every rank holds at least one whole table",
+                )
+            if model["batch_size"] < ranks:
+                raise config_error(
+                    f"{key}.batch_size",
+                    f"{model['batch_size']} samples cannot be sliced over {ranks} ranks",
+                )
+    for j, scenario in enumerate(cfg["scenarios"]):
+        key = f"scenarios[{j}].delay"
+        delay = scenario["delay"]
+        if "size_s" in delay and "factor" in delay:
+            raise config_error(key, "give either size_s or factor, not both")
+        if delay["kind"] == "none" and set(delay) - {"kind"}:
+            extra = sorted(set(delay) - {"kind"})
+            raise config_error(f"{key}.{extra[0]}", "kind 'none' takes no other keys")
+        if delay["kind"] not in ("none", "trace") and not (
+            {"size_s", "factor"} & set(delay)
+        ):
+            raise config_error(key, f"kind {delay['kind']!r} needs size_s or factor")
+        for model in cfg["models"]:
+            for ranks in cfg["ranks"]:
+                try:
+                    DelaySpec.from_dict(resolved_delay(scenario, model, 0)).schedule(
+                        ranks, 1
+                    )
+                except (ValueError, TypeError, OSError) as exc:
+                    raise config_error(key, str(exc)) from None
+    return models, scenarios
+
+
+MODEL_CONFIGS = _load_model_module()
+MODELS, SCENARIOS = _check_config(config, MODEL_CONFIGS)
+
+
+# -- the design: one row per run ---------------------------------------------------------
+
+
+def collective_settings(cfg):
+    """(collective, lag bound) pairs in config order; bls once per lag bound."""
+    settings = []
+    for collective in cfg["collectives"]:
+        if collective == "bls":
+            settings += [("bls", lag) for lag in cfg["lag_bounds"]]
+        else:
+            settings.append((collective, 0))
+    return settings
+
+
+def _design_frame(cfg):
+    rows = [
+        (scenario["name"], collective, lag, ranks, model["name"], seed, rep)
+        for scenario in cfg["scenarios"]
+        for collective, lag in collective_settings(cfg)
+        for ranks in cfg["ranks"]
+        for model in cfg["models"]
+        for seed in cfg["seeds"]
+        for rep in range(cfg["repetitions"])
+    ]
+    return pd.DataFrame(rows, columns=list(AXES))
+
+
+PARAMSPACE = Paramspace(_design_frame(config))
+RUN_PATTERN = PARAMSPACE.wildcard_pattern
+RUN_DIRS = [f"{RUNS_DIR}/{instance}" for instance in PARAMSPACE.instance_patterns]
+RANK_COUNTS = sorted(set(config["ranks"]))
+
+RUN_DIR = f"{RUNS_DIR}/{RUN_PATTERN}"
+RUN_LOG = f"{LOG_DIR}/runs/{RUN_PATTERN}.log"
+RUN_BENCHMARK = f"{BENCH_DIR}/runs/{RUN_PATTERN}.tsv"
+
+
+def rank_logs(ranks, run_dir=RUN_DIR):
+    """The log files a run of ``ranks`` ranks leaves when, and only when, it finishes."""
+    return [f"{run_dir}/rank{r}.jsonl" for r in range(ranks)]
+
+
+ALL_RANK_LOGS = [
+    log
+    for run_dir, ranks in zip(RUN_DIRS, PARAMSPACE.dataframe["ranks"])
+    for log in rank_logs(int(ranks), run_dir)
+]
+
+
+def _axes(wildcards):
+    """The design row of a run, typed: {'scenario': 'balanced', 'lag_bound': 4, ...}."""
+    return {
+        axis: (
+            int(wildcards[axis])
+            if axis in ("lag_bound", "ranks", "seed", "rep")
+            else wildcards[axis]
+        )
+        for axis in AXES
+    }
+
+
+def dataset_name(model, data, seed):
+    """One dataset per distinct (model shape, index distribution, pooling, seed)."""
+    skew = data["index_dist"]
+    if skew == "zipf":
+        skew = f"zipf{data['zipf_alpha']:g}"
+    return f"{model['name']}_{skew}_{data['pooling']}{data['pooling_k']}_seed{seed}"
+
+
+def _datasets(cfg):
+    out = {}
+    for model in cfg["models"]:
+        for scenario in cfg["scenarios"]:
+            for seed in cfg["seeds"]:
+                out[dataset_name(model, scenario["data"], seed)] = (
+                    model,
+                    scenario["data"],
+                    seed,
+                )
+    return out
+
+
+DATASETS = _datasets(config)
+
+
+def run_dir(wildcards):
+    """The run folder of a job (the directory its rank logs go to)."""
+    return f"{RUNS_DIR}/{RUN_PATTERN.format(**_axes(wildcards))}"
+
+
+def run_dataset(wildcards):
+    axes = _axes(wildcards)
+    scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
+    return f"{DATA_DIR}/{dataset_name(model, scenario['data'], axes['seed'])}"
+
+
+def run_dataset_manifest(wildcards):
+    """Input function: the manifest of the dataset this run reads."""
+    return f"{run_dataset(wildcards)}/manifest.json"
+
+
+def run_config(wildcards):
+    """The resolved `bls-dlrm infer` config of one run (keys of bls_dlrm.infer.RunConfig)."""
+    axes = _axes(wildcards)
+    scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
+    delay = resolved_delay(scenario, model, axes["seed"])
+    size = float(delay.get("size_s", 0.0))
+    data = scenario["data"]
+    run = config["run"]
+    tags = {
+        "scenario": scenario["name"],
+        "model": model["name"],
+        "dataset": Path(run_dataset(wildcards)).name,
+        "delay_kind": delay["kind"],
+        "delay_s": size,
+        "delay_factor": (
+            round(size / model["work_s"], 6) if model["work_s"] > 0 else None
+        ),
+        "index_dist": data["index_dist"],
+        "zipf_alpha": data["zipf_alpha"] if data["index_dist"] == "zipf" else None,
+        "pooling": data["pooling"],
+        "pooling_k": data["pooling_k"],
+        "seed": axes["seed"],
+        "rep": axes["rep"],
+    }
+    return {
+        "dataset": run_dataset(wildcards),
+        "model": {
+            "name": model["model"],
+            "max_rows": model["max_rows"],
+            "seed": model["model_seed"],
+        },
+        "plan": scenario["plan"],
+        "collective": axes["collective"],
+        "lag_bound": axes["lag_bound"],
+        "transport": run["transport"],
+        "timeout_s": run["timeout_s"],
+        "delay": delay,
+        "warmup": run["warmup"],
+        "iterations": run["iterations"],
+        "threads": run["threads"],
+        "verify_data": run["verify_data"],
+        "repetition": axes["rep"],
+        "run_id": RUN_PATTERN.format(**axes),
+        "tags": tags,
+    }
+
+
+def run_config_yaml(wildcards):
+    """Params function: the run config as YAML text (a change reruns the run)."""
+    return yaml.dump(run_config(wildcards), Dumper=YAML_DUMPER, sort_keys=False).rstrip(
+        "\n"
+    )
+
+
+def write_text(path, text):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def run_threads(wildcards):
+    """Threads per rank (torch intra-op and OMP_NUM_THREADS)."""
+    return config["run"]["threads"]
+
+
+# -- dataset jobs ------------------------------------------------------------------------
+
+
+def dataset_dir(wildcards):
+    return f"{DATA_DIR}/{wildcards.dataset}"
+
+
+def dataset_args(wildcards):
+    """Params function: the `bls-dlrm make-data` arguments of one dataset."""
+    if wildcards.dataset not in DATASETS:
+        raise WorkflowError(
+            f"{wildcards.dataset}: no dataset of that name in the config"
+        )
+    model, data, seed = DATASETS[wildcards.dataset]
+    args = [
+        f"--model {model['model']}",
+        f"--model-seed {model['model_seed']}",
+        f"--batches {model['batches']}",
+        f"--batch-size {model['batch_size']}",
+        f"--seed {seed}",
+        f"--index-dist {data['index_dist']}",
+        f"--zipf-alpha {data['zipf_alpha']}",
+        f"--pooling {data['pooling']}",
+        f"--pooling-k {data['pooling_k']}",
+    ]
+    if model["max_rows"] is not None:
+        args.append(f"--max-rows {model['max_rows']}")
+    return " ".join(args)
+
+
+# -- estimates: seconds per run, cluster runtime, core-hours ------------------------------
+
+
+@cache
+def _sync_delay_s(scenario_name, model_name, ranks, seed):
+    """Total delay a synchronous run waits for: the sum over iterations of the max over ranks."""
+    from bls_dlrm.delays import DelaySpec
+
+    scenario, model = SCENARIOS[scenario_name], MODELS[model_name]
+    total = config["run"]["warmup"] + config["run"]["iterations"]
+    spec = DelaySpec.from_dict(resolved_delay(scenario, model, seed))
+    return float(spec.schedule(ranks, total).max(axis=0).sum())
+
+
+def estimated_seconds(axes):
+    """Upper estimate of one run's wall time (its synchronous makespan plus launch cost)."""
+    model = MODELS[axes["model"]]
+    total = config["run"]["warmup"] + config["run"]["iterations"]
+    delay = _sync_delay_s(axes["scenario"], axes["model"], axes["ranks"], axes["seed"])
+    return config["estimate"]["startup_s"] + total * model["work_s"] + delay
+
+
+def run_runtime(wildcards):
+    """Resource function: minutes to request from a batch scheduler for one run."""
+    seconds = estimated_seconds(_axes(wildcards)) * config["estimate"]["safety"]
+    return max(2, math.ceil(seconds / 60))
+
+
+def design_table():
+    """The sweep design with what each run is: written to results/tables/design.csv."""
+    rows = []
+    for row, run_path in zip(PARAMSPACE.dataframe.to_dict("records"), RUN_DIRS):
+        scenario, model = SCENARIOS[row["scenario"]], MODELS[row["model"]]
+        delay = resolved_delay(scenario, model, row["seed"])
+        rows.append(
+            {
+                **row,
+                "run_dir": run_path,
+                "model_config": model["model"],
+                "max_rows": model["max_rows"],
+                "batch_size": model["batch_size"],
+                "dataset": dataset_name(model, scenario["data"], row["seed"]),
+                "plan": scenario["plan"],
+                "index_dist": scenario["data"]["index_dist"],
+                "pooling": scenario["data"]["pooling"],
+                "delay_kind": delay["kind"],
+                "delay_s": delay.get("size_s", 0.0),
+                "estimated_s": round(estimated_seconds(row), 1),
+                "description": scenario["description"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+DESIGN = design_table()
+DESIGN_DIGEST = hashlib.sha256(DESIGN.to_csv(index=False).encode()).hexdigest()[:16]
+EST_SECONDS = float(DESIGN["estimated_s"].sum())
+EST_CORE_HOURS = float((DESIGN["estimated_s"] * DESIGN["ranks"]).sum() / 3600)
+SWEEP_SUMMARY = (
+    f"{len(DESIGN)} runs = {len(SCENARIOS)} scenarios x "
+    f"{len(collective_settings(config))} collective settings x {len(config['ranks'])} rank "
+    f"counts x {len(MODELS)} models x {len(config['seeds'])} seeds x "
+    f"{config['repetitions']} repetitions, on {len(DATASETS)} datasets; estimated "
+    f"{EST_SECONDS / 3600:.2f} h one run at a time, {EST_CORE_HOURS:.2f} core-hours "
+    "(ranks x seconds per run)"
+)
+
+
+def tables_dir(wildcards, output):
+    """Params function: the folder `bls-dlrm tables` writes into (that of its outputs)."""
+    return str(Path(output.runs).parent)
+
+
+def write_design(path):
+    write_text(path, DESIGN.to_csv(index=False))
+
+
+if workflow.is_main_process:
+    logger.info(f"Sweep: {SWEEP_SUMMARY}")
