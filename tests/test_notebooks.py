@@ -99,7 +99,13 @@ def _full_tables(out: Path) -> None:
                         )
                 for i in range(iterations):
                     pi_rows.append(
-                        {"run_id": run_id, "iteration": i, "latency_s": latency[i], **params}
+                        {
+                            "run_id": run_id,
+                            "iteration": i,
+                            "latency_s": latency[i],
+                            "iteration_time_s": step[i],
+                            **params,
+                        }
                     )
                 makespan = float(step.sum())
                 sync = float((work + delay).max(axis=0).sum())
@@ -115,6 +121,7 @@ def _full_tables(out: Path) -> None:
                         "latency_p50_s": float(np.median(latency)),
                         "latency_p95_s": float(np.percentile(latency, 95)),
                         "latency_p99_s": float(np.percentile(latency, 99)),
+                        "iteration_time_p99_s": float(np.percentile(step, 99)),
                         "ideal_makespan_s": ideal,
                         "ideal_makespan_sync_s": sync,
                         "ideal_speedup": sync / ideal,
