@@ -115,7 +115,7 @@ class Backoff:
         spin_s: float = 5e-3,
         first_sleep: float = 50e-6,
         max_sleep: float = 500e-6,
-        yield_every: int = 16,
+        yield_every: int = 1,
     ):
         if spin_s < 0 or first_sleep <= 0 or max_sleep < first_sleep or yield_every < 1:
             raise ValueError("Backoff needs spin_s >= 0, 0 < first_sleep <= max_sleep")
@@ -266,6 +266,7 @@ class BLSAlltoallv:
         self.transport = transport
         self.backoff = Backoff() if backoff == "default" else backoff
         self.history: list[ExchangeStats] | None = [] if keep_history else None
+        self._closed = False
         self._in_flight: deque[Exchange] = deque()  # posted, data not all here yet
         self._sending: deque[Exchange] = deque()  # completed, some sends still leaving
         self._posted = 0  # exchanges posted so far == number of the next one
@@ -291,7 +292,7 @@ class BLSAlltoallv:
 
     @property
     def closed(self) -> bool:
-        return self.comm == MPI.COMM_NULL
+        return self._closed
 
     # -- posting -------------------------------------------------------------------------
 
@@ -364,7 +365,8 @@ class BLSAlltoallv:
         if send_counts is None and recv_counts is None:
             if rows % p:
                 raise ValueError(f"equal split needs rows divisible by {p} ranks, got {rows}")
-            return [rows // p] * p, [rows // p] * p
+            equal = [rows // p] * p
+            return equal, equal
         if send_counts is None or recv_counts is None:
             raise ValueError("give both send_counts and recv_counts, or neither (equal split)")
         send_counts = [_count(c, "send_counts") for c in send_counts]
@@ -384,15 +386,19 @@ class BLSAlltoallv:
         return send_counts, recv_counts
 
     def _start_p2p(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
-        comm, tag = self.comm, ex.stats.iteration % _TAG_SPACE
-        reqs, sends = ex._reqs, ex._send_reqs
-        for peer in self._peers:
-            a = rdispl[peer] * rb
-            reqs.append(comm.Irecv([rview[a : a + rcounts[peer] * rb], MPI.BYTE], peer, tag))
-        for peer in self._peers:
-            a = sdispl[peer] * rb
-            sends.append(comm.Isend([sview[a : a + scounts[peer] * rb], MPI.BYTE], peer, tag))
-        ex._peers = self._peers
+        comm, tag, byte = self.comm, ex.stats.iteration % _TAG_SPACE, MPI.BYTE
+        irecv, isend = comm.Irecv, comm.Isend
+        peers = self._peers
+        ex._reqs = [
+            irecv([rview[rdispl[p] * rb : (rdispl[p] + rcounts[p]) * rb], byte], p, tag)
+            for p in peers
+        ]
+        ex._send_reqs = [
+            isend([sview[sdispl[p] * rb : (sdispl[p] + scounts[p]) * rb], byte], p, tag)
+            for p in peers
+        ]
+        reqs = ex._reqs
+        ex._peers = peers
         me = self.rank
         n = scounts[me] * rb
         if n:
@@ -556,16 +562,17 @@ class BLSAlltoallv:
     # -- lifetime ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self.comm == MPI.COMM_NULL:
+        if self._closed:
             raise BLSClosedError("this BLS alltoallv engine was closed")
 
     def close(self) -> None:
         """Drain and free the private communicator. Idempotent."""
-        if self.comm == MPI.COMM_NULL:
+        if self._closed:
             return
         try:
             self.drain()
         finally:
+            self._closed = True
             self.comm.Free()
 
     def __enter__(self) -> BLSAlltoallv:
