@@ -302,6 +302,9 @@ def run(
             )
             if bar is not None:
                 bar.update(1)
+                elapsed = bar.format_dict["elapsed"]
+                if elapsed > 0:  # the whole batch, all ranks: rank 0's view of the rate
+                    bar.set_postfix_str(f"{bar.n * store.batch_size / elapsed:,.0f} samples/s")
 
     with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
         for i in range(total):
