@@ -51,6 +51,7 @@ def run(
         "latency_p50_s": latency,
         "latency_p99_s": latency * 1.5,
         "iteration_time_p99_s": latency,
+        "iteration_time_p50_s": latency,
         "ideal_speedup": ideal,
         "ideal_efficiency": efficiency,
         "predictions_checksum": checksum,
@@ -238,10 +239,14 @@ def test_single_series_sweep_tests_nothing():
     assert verdicts(runs) == dict.fromkeys("abcde", cl.NOT_TESTED)
 
 
-def test_bls_only_sweep_has_no_baseline():
-    runs = frame(run("rotating-20ms", "L0", 500), run("rotating-20ms", "L8", 900, ideal=2))
+def test_bls_only_sweep_compares_lag_bounds_with_l0_but_has_no_mpi():
+    runs = frame(
+        run("rotating-20ms", "L0", 500, latency=0.03),
+        run("rotating-20ms", "L8", 900, ideal=2, latency=0.02),
+    )
     v = verdicts(runs)
-    assert v["a"] == v["b"] == v["c"] == v["d"] == cl.NOT_TESTED
+    assert v["b"] == cl.SUPPORTED  # L = 0 is the synchronous exchange of the same engine
+    assert v["a"] == v["c"] == v["d"] == cl.NOT_TESTED  # no balanced workload, no mpi
     assert v["e"] == cl.SUPPORTED  # two lag bounds still compare predictions
 
 

@@ -122,6 +122,7 @@ def _full_tables(out: Path) -> None:
                         "latency_p95_s": float(np.percentile(latency, 95)),
                         "latency_p99_s": float(np.percentile(latency, 99)),
                         "iteration_time_p99_s": float(np.percentile(step, 99)),
+                        "iteration_time_p50_s": float(np.median(step)),
                         "ideal_makespan_s": ideal,
                         "ideal_makespan_sync_s": sync,
                         "ideal_speedup": sync / ideal,
