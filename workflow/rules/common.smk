@@ -441,3 +441,31 @@ def write_design(path):
 
 if workflow.is_main_process:
     logger.info(f"Sweep: {SWEEP_SUMMARY}")
+
+
+# -- figures and paper (their constants live in figures.smk and paper.smk) -------------
+
+
+def figure_style():
+    """The optional `figures.style` config key; "paper" when absent."""
+    return (config.get("figures") or {}).get("style", "paper")
+
+
+def figure_targets():
+    """Every figure file the default target builds (PDF and PNG of each figure)."""
+    return [f"{FIG_DIR}/{name}.{ext}" for name in FIGURES for ext in FIG_FORMATS]
+
+
+def figure_tables(wildcards):
+    """The tables one figure's notebook reads."""
+    return [f"{FIG_TABLES_DIR}/{table}.parquet" for table in FIGURES[wildcards.figure]]
+
+
+def paper_targets():
+    """What the default target builds for the paper: the claims table and the macros."""
+    return [CLAIMS_MD, PAPER_MACROS]
+
+
+def paper_figures():
+    """The figure PDFs the paper includes."""
+    return [path for path in figure_targets() if path.endswith(".pdf")]

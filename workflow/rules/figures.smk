@@ -38,19 +38,6 @@ FIGURES = {
 FIG_ALL_TABLES = ("runs", "per_iteration", "iterations")
 
 
-# Helpers as named lambdas: snakemake's linter wants no `def` beside rules.
-# The `figures.style` config key, "paper" when absent.
-figure_style = lambda: (config.get("figures") or {}).get("style", "paper")
-# Every figure file the default target builds (PDF and PNG of each figure).
-figure_targets = lambda: [
-    f"{FIG_DIR}/{n}.{ext}" for n in FIGURES for ext in FIG_FORMATS
-]
-# The tables one figure's notebook reads.
-figure_tables = lambda wildcards: [
-    f"{FIG_TABLES_DIR}/{table}.parquet" for table in FIGURES[wildcards.figure]
-]
-
-
 rule notebook_source:
     input:
         f"{FIG_NOTEBOOK_DIR}/{{notebook}}.py",

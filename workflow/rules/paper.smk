@@ -22,13 +22,6 @@ PAPER_BUILD = "build"  # latexmk's output folder, relative to paper/
 PAPER_TABLES_DIR = "results/tables"
 
 
-# Helpers as named lambdas: snakemake's linter wants no `def` beside rules.
-# What the default target builds here: the claims table and the paper's macros.
-paper_targets = lambda: [CLAIMS_MD, PAPER_MACROS]
-# The figure PDFs the paper includes.
-paper_figures = lambda: [path for path in figure_targets() if path.endswith(".pdf")]
-
-
 rule claims:
     input:
         runs=f"{PAPER_TABLES_DIR}/runs.parquet",
