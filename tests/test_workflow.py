@@ -171,7 +171,7 @@ def test_default_config_is_the_2_core_sweep():
     assert result.returncode == 0, text
     stats = job_stats(text)
     # Already finished runs are not listed again; a fresh checkout lists them all.
-    assert stats.get("run_4ranks", 0) <= len(design) == 56
+    assert stats.get("run_4ranks", 0) <= len(design) == 112  # 8 x 7 settings x 2 reps
     assert {s["name"] for s in cfg["scenarios"]} >= {
         "balanced",
         "random",
