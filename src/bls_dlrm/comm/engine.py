@@ -18,9 +18,9 @@ Semantics (DESIGN.md, "BLS alltoallv"):
   waits for the sends of exchange *i - L - 1*.
 * Memory: at most ``L + 1`` send and receive buffer sets are referenced by the engine.
 
-Transport, chosen by measurement (``bls-dlrm bench-a2a --transport``, README
-"Progress strategy"): point-to-point ``Irecv``/``Isend`` on a private duplicate of the
-communicator, one message per peer and exchange, tagged by exchange number modulo the tag
+Transport, chosen by measurement (``bls-dlrm bench-a2a --collectives
+bls:0,bls:0:ialltoallv``, README "Progress strategy"): point-to-point ``Irecv``/``Isend``
+on a private duplicate of the communicator, one message per peer and exchange, tagged by exchange number modulo the tag
 space. MPI's non-overtaking rule keeps a peer's pieces in exchange order. The alternative,
 one ``Ialltoallv`` per exchange, is available as ``transport="ialltoallv"``; MPI may skip
 empty pieces there, so a zero-count piece does not hold a rank to the lag bound.
