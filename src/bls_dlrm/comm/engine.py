@@ -20,10 +20,11 @@ Semantics (DESIGN.md, "BLS alltoallv"):
 
 Transport, chosen by measurement (``bls-dlrm bench-a2a --collectives
 bls:0,bls:0:ialltoallv``, README "Progress strategy"): point-to-point ``Irecv``/``Isend``
-on a private duplicate of the communicator, one message per peer and exchange, tagged by exchange number modulo the tag
-space. MPI's non-overtaking rule keeps a peer's pieces in exchange order. The alternative,
-one ``Ialltoallv`` per exchange, is available as ``transport="ialltoallv"``; MPI may skip
-empty pieces there, so a zero-count piece does not hold a rank to the lag bound.
+on a private duplicate of the communicator, one message per peer and exchange, tagged by
+exchange number modulo the tag space. MPI's non-overtaking rule keeps a peer's pieces in
+exchange order. The alternative, one ``Ialltoallv`` per exchange, is available as
+``transport="ialltoallv"``; MPI may skip empty pieces there, so a zero-count piece does
+not hold a rank to the lag bound.
 
 Waiting never busy-spins: ranks are often oversubscribed (4 ranks on 2 cores), and a
 spinning rank steals the core from the very peer it waits for. A blocked rank tests its
