@@ -16,7 +16,7 @@
 #
 # One bar per workload: the throughput of BLS at its best lag bound (named beside the
 # bar, coloured as that series in every figure) divided by the throughput of the best
-# synchronous collective (mpi or gloo), medians over repetitions. Workloads are grouped
+# synchronous series (mpi, gloo or bls L=0), medians over repetitions. Workloads are grouped
 # into balanced, skewed (uneven access or placement, no injected delay) and delayed.
 # The grey band is the ±5 % the claims table calls "no notable difference"; the black tick
 # is the ideal speedup the theory gives the same BLS runs (`ideal_speedup`), i.e. how much
