@@ -202,7 +202,7 @@ def _worker(args: argparse.Namespace) -> None:
     if dist is not None:
         dist.destroy_process_group()
     if rank == 0:
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in out))
+        Path(args.result).write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
 # -- driver ------------------------------------------------------------------------------
@@ -211,15 +211,12 @@ def _worker(args: argparse.Namespace) -> None:
 def _run_one(spec: CollectiveSpec, args: argparse.Namespace, out: Path) -> list[dict]:
     from .launch import run_mpi
 
+    # The worker parses the driver's own options (build_parser) plus two of its own.
     argv = ["python", "-m", "bls_dlrm.bench_a2a", "--worker", "--collective", spec.label]
-    argv += ["--mode", args.mode, "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    argv += ["--out", str(out)]
-    if args.mode == "latency":
-        argv += ["--sizes", ",".join(map(str, args.sizes))]
-    else:
-        argv += ["--schedule", args.schedule, "--work-s", str(args.work_s)]
-        argv += ["--delay-factor", str(args.delay_factor), "--seed", str(args.seed)]
-        argv += ["--size", str(args.size), "--work", args.work]
+    argv += ["--result", str(out), "--mode", args.mode, "--sizes", ",".join(map(str, args.sizes))]
+    argv += ["--size", str(args.size), "--schedule", args.schedule, "--work", args.work]
+    argv += ["--work-s", str(args.work_s), "--delay-factor", str(args.delay_factor)]
+    argv += ["--seed", str(args.seed), "--warmup", str(args.warmup), "--iters", str(args.iters)]
     try:
         run_mpi(args.ranks, argv, timeout=args.timeout)
     except subprocess.CalledProcessError as exc:
@@ -344,19 +341,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bench_a2a worker")
-    p.add_argument("--collective", required=True)
-    p.add_argument("--mode", required=True)
-    p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[])
-    p.add_argument("--size", type=int, default=65536)
-    p.add_argument("--schedule", default="none")
-    p.add_argument("--work-s", type=float, default=0.01)
-    p.add_argument("--delay-factor", type=float, default=2.5)
-    p.add_argument("--work", default="sleep")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--out", required=True)
+    p = build_parser(argparse.ArgumentParser(prog="bench_a2a worker"))
+    p.add_argument("--collective", required=True, help="one name[:L[:transport[:wait]]]")
+    p.add_argument("--result", required=True, help="file for rank 0's JSON lines")
     _worker(p.parse_args(argv))
     return 0
 
