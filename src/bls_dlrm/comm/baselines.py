@@ -14,7 +14,7 @@ from typing import Any
 from mpi4py import MPI
 
 from .buffers import new_like, row_buffer
-from .engine import ExchangeStats
+from .engine import ExchangeStats, split_counts
 
 
 class _Completed:
@@ -59,16 +59,9 @@ class _Synchronous:
     def post(self, send, send_counts=None, recv_counts=None, recv=None) -> _Completed:
         t0 = time.monotonic()
         sbuf = row_buffer(send, "send buffer")
-        p = self.size
-        if send_counts is None and recv_counts is None:
-            if sbuf.rows % p:
-                raise ValueError(f"equal split needs rows divisible by {p}, got {sbuf.rows}")
-            send_counts = recv_counts = [sbuf.rows // p] * p
-        elif send_counts is None or recv_counts is None:
-            raise ValueError("give both send_counts and recv_counts, or neither (equal split)")
-        send_counts, recv_counts = list(map(int, send_counts)), list(map(int, recv_counts))
-        if len(send_counts) != p or len(recv_counts) != p:
-            raise ValueError(f"need one count per rank ({p})")
+        send_counts, recv_counts = split_counts(
+            self.rank, self.size, sbuf.rows, send_counts, recv_counts
+        )
         if recv is None:
             recv = new_like(send, sum(recv_counts))
         stats = ExchangeStats(self._posted, t0, t0)

@@ -315,7 +315,9 @@ class BLSAlltoallv:
         self._check_open()
         t_post = time.monotonic()
         sbuf = row_buffer(send, "send buffer")
-        send_counts, recv_counts = self._counts(sbuf.rows, send_counts, recv_counts)
+        send_counts, recv_counts = split_counts(
+            self.rank, self.size, sbuf.rows, send_counts, recv_counts
+        )
         if recv is None:
             recv = new_like(send, sum(recv_counts))
         rbuf = row_buffer(recv, "receive buffer")
@@ -360,31 +362,6 @@ class BLSAlltoallv:
         if self.history is not None:
             self.history.append(stats)
         return ex
-
-    def _counts(self, rows: int, send_counts, recv_counts) -> tuple[list[int], list[int]]:
-        p = self.size
-        if send_counts is None and recv_counts is None:
-            if rows % p:
-                raise ValueError(f"equal split needs rows divisible by {p} ranks, got {rows}")
-            equal = [rows // p] * p
-            return equal, equal
-        if send_counts is None or recv_counts is None:
-            raise ValueError("give both send_counts and recv_counts, or neither (equal split)")
-        send_counts = [_count(c, "send_counts") for c in send_counts]
-        recv_counts = [_count(c, "recv_counts") for c in recv_counts]
-        if len(send_counts) != p or len(recv_counts) != p:
-            raise ValueError(
-                f"need one count per rank ({p}), got {len(send_counts)} send and "
-                f"{len(recv_counts)} receive counts"
-            )
-        if sum(send_counts) > rows:
-            raise ValueError(f"send_counts add up to {sum(send_counts)} rows, send has {rows}")
-        if send_counts[self.rank] != recv_counts[self.rank]:
-            raise BLSCountError(
-                f"rank {self.rank} sends {send_counts[self.rank]} rows to itself but expects "
-                f"{recv_counts[self.rank]}"
-            )
-        return send_counts, recv_counts
 
     def _start_p2p(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
         comm, tag, byte = self.comm, ex.stats.iteration % _TAG_SPACE, MPI.BYTE
@@ -595,6 +572,38 @@ def _arrived(req: MPI.Request) -> bool:
         return req.Get_status()
     except MPI.Exception:
         return True
+
+
+def split_counts(
+    rank: int, size: int, rows: int, send_counts, recv_counts
+) -> tuple[list[int], list[int]]:
+    """Checked per-peer row counts for an alltoallv of ``rows`` rows (None, None: equal split).
+
+    Shared by the engine and the synchronous baselines so that every collective refuses
+    the same bad input, on the calling rank, before anything is sent.
+    """
+    p = size
+    if send_counts is None and recv_counts is None:
+        if rows % p:
+            raise ValueError(f"equal split needs rows divisible by {p} ranks, got {rows}")
+        equal = [rows // p] * p
+        return equal, equal
+    if send_counts is None or recv_counts is None:
+        raise ValueError("give both send_counts and recv_counts, or neither (equal split)")
+    send_counts = [_count(c, "send_counts") for c in send_counts]
+    recv_counts = [_count(c, "recv_counts") for c in recv_counts]
+    if len(send_counts) != p or len(recv_counts) != p:
+        raise ValueError(
+            f"need one count per rank ({p}), got {len(send_counts)} send and "
+            f"{len(recv_counts)} receive counts"
+        )
+    if sum(send_counts) > rows:
+        raise ValueError(f"send_counts add up to {sum(send_counts)} rows, send has {rows}")
+    if send_counts[rank] != recv_counts[rank]:
+        raise BLSCountError(
+            f"rank {rank} sends {send_counts[rank]} rows to itself but expects {recv_counts[rank]}"
+        )
+    return send_counts, recv_counts
 
 
 def _count(c: Any, what: str) -> int:
