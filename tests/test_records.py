@@ -239,6 +239,52 @@ def test_header_validation_rejects_bad_values(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_header_series_and_placement_fields_round_trip(tmp_path):
+    placed = {
+        "series_order": ["bls-L4", "gloo", "mpi"],
+        "series_index": 1,
+        "shuffle_seed": 11,
+        "cores": [0, 3],
+        "cores_per_rank": 2,
+        "binding": "none",
+    }
+    its = [make_iteration(0)]
+    with RunLogWriter(tmp_path, make_header(0, 1, **placed)) as log:
+        log.write(its[0])
+        log.close(Footer.summarise(its))
+    header = read_run(tmp_path).ranks[0].header
+    assert {k: getattr(header, k) for k in placed} == placed
+
+
+def test_header_without_series_and_placement_fields_still_reads(tmp_path):
+    """Logs written before these fields existed read with the fields as None."""
+    write_rank(tmp_path, 0, world_size=1)
+    fields = ("series_order", "series_index", "shuffle_seed", "cores", "cores_per_rank", "binding")
+
+    def drop(lines):
+        head = json.loads(lines[0])
+        assert set(fields) <= set(head)
+        return [json.dumps({k: v for k, v in head.items() if k not in fields}), *lines[1:]]
+
+    edit_lines(rank_path(tmp_path, 0), drop)
+    header = read_run(tmp_path).ranks[0].header
+    assert header.series_order is None and header.binding is None and header.cores is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"binding": "socket"}, "binding must be one of"),
+        ({"cores": [0, "1"]}, "cores"),
+        ({"series_order": ["gloo"], "series_index": 1}, "series_index 1"),
+        ({"cores_per_rank": -1}, "cores_per_rank"),
+    ],
+)
+def test_header_rejects_bad_placement_fields(tmp_path, fields, match):
+    with pytest.raises(ValueError, match=match):
+        RunLogWriter(tmp_path, make_header(0, **fields))
+
+
 # --- strict parser ---------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, TextIO
 
 __all__ = [
+    "BINDINGS",
     "COLLECTIVES",
     "SCHEMA_VERSION",
     "Footer",
@@ -61,6 +62,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 COLLECTIVES = ("gloo", "mpi", "bls")
+BINDINGS = ("core", "none")  # how ranks were placed: bound one per core, or not bound
 CLOCK = "time.monotonic"
 
 _RANK_FILE = re.compile(r"^rank(\d+)\.jsonl$")
@@ -116,6 +118,18 @@ class Header:
     clock: str
     t0: float
     started_utc: str
+    # Optional (absent from older logs, read as None): the run's place in a launch of
+    # several series and where it ran. ``series_order`` lists the series labels in the
+    # order this launch ran them, ``series_index`` is this run's position in it and
+    # ``shuffle_seed`` the seed that shuffled it; ``cores`` are the CPU ids this rank may
+    # run on (its affinity), ``cores_per_rank`` their number, ``binding`` "core" (one rank
+    # bound per core) or "none".
+    series_order: list[str] | None = None
+    series_index: int | None = None
+    shuffle_seed: int | None = None
+    cores: list[int] | None = None
+    cores_per_rank: int | None = None
+    binding: str | None = None
 
     @classmethod
     def new(
@@ -130,6 +144,12 @@ class Header:
         versions: dict[str, Any] | None = None,
         host: str | None = None,
         git_rev: str | Literal["auto"] | None = "auto",
+        series_order: list[str] | None = None,
+        series_index: int | None = None,
+        shuffle_seed: int | None = None,
+        cores: list[int] | None = None,
+        cores_per_rank: int | None = None,
+        binding: str | None = None,
     ) -> Header:
         """A header stamped now: clock reading, UTC time, host, versions and git revision.
 
@@ -152,6 +172,12 @@ class Header:
             clock=CLOCK,
             t0=t0,
             started_utc=started,
+            series_order=series_order,
+            series_index=series_index,
+            shuffle_seed=shuffle_seed,
+            cores=cores,
+            cores_per_rank=cores_per_rank,
+            binding=binding,
         )
         header.validate()
         return header
@@ -177,6 +203,12 @@ class Header:
             "clock": self.clock,
             "t0": self.t0,
             "started_utc": self.started_utc,
+            "series_order": self.series_order,
+            "series_index": self.series_index,
+            "shuffle_seed": self.shuffle_seed,
+            "cores": self.cores,
+            "cores_per_rank": self.cores_per_rank,
+            "binding": self.binding,
         }
 
 
@@ -606,6 +638,7 @@ _KIND_TEXT = {
     "str": "a string",
     "str|null": "a string or null",
     "count|null": "an int >= 0 or null",
+    "int|null": "an int or null",
     "object": "a JSON object",
 }
 
@@ -625,6 +658,8 @@ def _type_ok(value: Any, kind: str) -> bool:
         return _is_int(value)
     if kind == "str|null":
         return value is None or isinstance(value, str)
+    if kind == "int|null":
+        return value is None or _is_int(value)
     if kind == "count|null":
         return value is None or (_is_int(value) and value >= 0)
     if kind == "object":
@@ -645,6 +680,22 @@ def _require(record: dict[str, Any], name: str, kind: str) -> Any:
     return value
 
 
+def _optional(record: dict[str, Any], name: str, kind: str) -> Any:
+    """An optional field (older logs lack it): None when absent, else type-checked."""
+    return _require(record, name, kind) if name in record else None
+
+
+def _optional_list(record: dict[str, Any], name: str, item: type, what: str) -> list | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(v, item) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"field {name!r} must be a list of {what} or null, got {value!r}")
+    return value
+
+
 def _check_header(d: dict[str, Any]) -> Header:
     schema = d.get("schema")
     if schema != SCHEMA_VERSION:
@@ -662,7 +713,20 @@ def _check_header(d: dict[str, Any]) -> Header:
         clock=_require(d, "clock", "str"),
         t0=_require(d, "t0", "number"),
         started_utc=_require(d, "started_utc", "str"),
+        series_order=_optional_list(d, "series_order", str, "strings"),
+        series_index=_optional(d, "series_index", "count|null"),
+        shuffle_seed=_optional(d, "shuffle_seed", "int|null"),
+        cores=_optional_list(d, "cores", int, "CPU ids"),
+        cores_per_rank=_optional(d, "cores_per_rank", "count|null"),
+        binding=_optional(d, "binding", "str|null"),
     )
+    if header.binding is not None and header.binding not in BINDINGS:
+        raise ValueError(f"binding must be one of {', '.join(BINDINGS)}, got {header.binding!r}")
+    order, index = header.series_order, header.series_index
+    if order is not None and index is not None and index >= len(order):
+        raise ValueError(
+            f"series_index {index} is not below the {len(order)} entries of series_order"
+        )
     if not header.run_id:
         raise ValueError("run_id must not be empty")
     if header.world_size < 1:
