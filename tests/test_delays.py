@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
-from bls_dlrm.delays import KINDS, DelaySpec, cpu_work, inject
+from bls_dlrm.delays import KINDS, MODES, DelaySpec, cpu_work, inject, sleep_for
 
 
 def spec_of(kind: str, tmp_path=None, **kwargs) -> DelaySpec:
@@ -214,16 +215,48 @@ def test_from_dict_defaults():
     assert DelaySpec.from_dict({}) == DelaySpec()
 
 
-def test_inject_sleeps_at_least_the_request():
-    slept = inject(0.05)
-    assert slept >= 0.05
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seconds", [0.003, 0.04])
+def test_inject_takes_at_least_the_delay_by_the_wall_clock(mode, seconds):
+    """Measured around the call, not the value the injector reports about itself."""
+    begin = time.monotonic()
+    reported = inject(seconds, mode)
+    elapsed = time.monotonic() - begin
+    assert elapsed >= seconds
+    assert seconds <= reported <= elapsed
+
+
+def test_busy_delay_is_work_on_this_core_and_sleep_is_not():
+    # CPU time of this thread: a busy delay computes, a sleeping one does not. On a shared
+    # machine the busy share can fall well below 1, hence the loose bound.
+    cpu = time.thread_time()
+    wall = time.monotonic()
+    inject(0.1, "busy")
+    busy_cpu, busy_wall = time.thread_time() - cpu, time.monotonic() - wall
+    assert busy_cpu >= 0.2 * busy_wall
+    cpu = time.thread_time()
+    inject(0.1, "sleep")
+    assert time.thread_time() - cpu < 0.02
+
+
+def test_mode_defaults_to_busy_and_is_checked():
+    assert DelaySpec().mode == "busy"
+    assert DelaySpec.from_dict({"kind": "rotating", "mode": "sleep"}).mode == "sleep"
+    with pytest.raises(ValueError, match="mode must be one of busy, sleep"):
+        DelaySpec(mode="spin")
+    with pytest.raises(ValueError, match="mode"):
+        inject(0.01, "spin")
 
 
 def test_inject_zero_and_bad_input():
-    assert inject(0.0) == 0.0
-    with pytest.raises(ValueError, match="seconds"):
-        inject(-0.1)
+    for mode in MODES:
+        assert inject(0.0, mode) == 0.0
+        with pytest.raises(ValueError, match="seconds"):
+            inject(-0.1, mode)
 
 
-def test_cpu_work_runs_at_least_the_request():
-    assert cpu_work(0.02) >= 0.02
+def test_cpu_work_and_sleep_run_at_least_the_request():
+    for fn in (cpu_work, sleep_for):
+        begin = time.monotonic()
+        assert fn(0.02) >= 0.02
+        assert time.monotonic() - begin >= 0.02

@@ -25,6 +25,15 @@ Kinds (``DelaySpec.kind``):
   ``(f - 1) * size_s`` every iteration.
 - ``trace``: a (ranks, iterations) matrix of seconds from a ``.npy`` or CSV file at
   ``path``, tiled or truncated along iterations. ``size_s`` is not used.
+
+How a delay is spent (``DelaySpec.mode``):
+
+- ``busy`` (default): the delayed rank computes for the delay on its own core
+  (:func:`cpu_work`). With one rank bound per core this is what a slower rank is: it does
+  more work, and it cannot hand its core to another rank while it is "delayed", so the
+  work the theory counts does not depend on the collective being measured.
+- ``sleep``: the rank sleeps (:func:`sleep_for`), leaving its core idle; an option for
+  experiments that model waiting on something outside the node.
 """
 
 from __future__ import annotations
@@ -39,9 +48,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DISTRIBUTIONS", "KINDS", "DelaySpec", "cpu_work", "inject"]
+__all__ = ["DISTRIBUTIONS", "KINDS", "MODES", "DelaySpec", "cpu_work", "inject", "sleep_for"]
 
 KINDS = ("none", "straggler", "random", "rotating", "heterogeneous", "trace")
+MODES = ("busy", "sleep")
 DISTRIBUTIONS = ("constant", "exponential", "lognormal")
 
 
@@ -74,8 +84,11 @@ class DelaySpec:
     factors: tuple[float, ...] | None = None
     path: str | None = None
     seed: int = 0
+    mode: str = "busy"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "size_s", _check_seconds("size_s", self.size_s))
@@ -238,15 +251,23 @@ class DelaySpec:
         return np.ascontiguousarray(data[:, cols], dtype=np.float64)
 
 
-def inject(seconds: float) -> float:
-    """Delay this rank by sleeping; returns the seconds actually slept (monotonic clock).
+def inject(seconds: float, mode: str = "busy") -> float:
+    """Delay this rank by ``seconds``; returns the time actually spent (monotonic clock).
 
-    The one documented injection point of the inference loop. It sleeps rather than spins:
-    ranks are oversubscribed on small machines (4 ranks on 2 cores), and a busy delay would
-    steal the CPU of the very ranks it is meant to be slower than. Sleeping is repeated until
-    the full time has passed, so the result is never below ``seconds``; logs record it, since
-    the OS may oversleep.
+    The one documented injection point of the inference loop. ``mode="busy"`` computes on
+    this rank's core (:func:`cpu_work`), ``mode="sleep"`` sleeps (:func:`sleep_for`). Either
+    way the call returns no earlier than ``seconds`` after it started, and the result is the
+    measured duration (the logs record it, since a sleep may overshoot).
     """
+    if mode == "busy":
+        return cpu_work(seconds)
+    if mode == "sleep":
+        return sleep_for(seconds)
+    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def sleep_for(seconds: float) -> float:
+    """Sleep ``seconds`` (repeated until the full time has passed); returns the time slept."""
     seconds = _check_seconds("seconds", seconds)
     begin = time.monotonic()
     if seconds == 0.0:
@@ -259,21 +280,34 @@ def inject(seconds: float) -> float:
     return now - begin
 
 
-def cpu_work(seconds: float) -> float:
-    """Delay by burning CPU for ``seconds``; returns the time actually spent (monotonic clock).
+_WORK_SIZE = 1024  # floats per step: a few microseconds, so a call overshoots by little
 
-    Not the default injection: it models a rank slowed by competing computation rather than
-    by an idle wait, and on an oversubscribed machine it also slows co-located ranks. Use it
-    only in experiments that want that CPU contention. It runs small numpy matrix products
-    until the deadline, so one call overshoots by at most one product.
+
+def cpu_work(seconds: float) -> float:
+    """Compute on this core for ``seconds``; returns the time actually spent (monotonic clock).
+
+    The work is a chain of element-wise numpy operations on a small vector, each step
+    depending on the last (``x <- sqrt(x * x + 1) / 2``, converging to 1/sqrt(3)), so it can
+    be neither skipped nor reordered, and it stays on one core: numpy runs element-wise
+    operations in the calling thread, unlike matrix products that a threaded BLAS may
+    spread over other cores (whose ranks the delay must not slow). The loop ends at the
+    first step past the deadline, so a call overshoots by one step (microseconds).
     """
     seconds = _check_seconds("seconds", seconds)
     begin = time.monotonic()
+    if seconds == 0.0:
+        return 0.0
     deadline = begin + seconds
-    a = np.full((64, 64), 1.0 / 64.0)
-    b = a.copy()
+    x = np.linspace(0.0, 1.0, _WORK_SIZE)
+    tmp = np.empty_like(x)
     now = begin
     while now < deadline:
-        b = a @ b
+        for _ in range(8):
+            np.multiply(x, x, out=tmp)
+            tmp += 1.0
+            np.sqrt(tmp, out=x)
+            x *= 0.5
         now = time.monotonic()
+    if not np.isfinite(x[0]):  # pragma: no cover - keeps the result observable
+        raise ArithmeticError("cpu_work diverged")
     return now - begin
