@@ -148,7 +148,7 @@ def _worker(args: argparse.Namespace) -> None:
                     }
                 )
     else:
-        from .delays import DelaySpec, cpu_work, inject
+        from .delays import DelaySpec, cpu_work, sleep_for
 
         delay = DelaySpec.from_dict(
             {"kind": args.schedule, "size_s": args.delay_factor * args.work_s, "seed": args.seed}
@@ -156,7 +156,7 @@ def _worker(args: argparse.Namespace) -> None:
         d = delay.schedule(size, args.warmup + args.iters)
         n = max(args.size // 4, 1)
         send = torch.arange(n * size, dtype=torch.float32) + rank
-        work_fn = inject if args.work == "sleep" else cpu_work
+        work_fn = sleep_for if args.work == "sleep" else cpu_work
         work = np.empty(args.iters)
         for _ in range(args.warmup):  # warm-up without delays
             coll.post(send, None, None)
