@@ -9,12 +9,24 @@ and measures the synchronous collective. ``mpi`` is mpi4py's blocking ``Alltoall
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from mpi4py import MPI
 
 from .buffers import new_like, row_buffer
-from .engine import ExchangeStats, split_counts
+from .engine import DEFAULT_HISTORY, ExchangeStats, split_counts
+
+
+def _history_window(keep_history: bool | int) -> deque[ExchangeStats] | None:
+    """``keep_history`` as in the BLS engine: True all, False/0 none, n the newest n."""
+    if keep_history is True:
+        return deque()
+    if keep_history is False or keep_history == 0:
+        return None
+    if isinstance(keep_history, int) and keep_history > 0:
+        return deque(maxlen=keep_history)
+    raise ValueError(f"keep_history must be a bool or a count >= 0, got {keep_history!r}")
 
 
 class _Completed:
@@ -42,15 +54,20 @@ class _Synchronous:
     name = "sync"
     lag_bound = 0
 
-    def __init__(self, rank: int, size: int, keep_history: bool = True):
+    def __init__(self, rank: int, size: int, keep_history: bool | int = DEFAULT_HISTORY):
         self.rank, self.size = rank, size
-        self.history: list[ExchangeStats] | None = [] if keep_history else None
+        self._history = _history_window(keep_history)
         self._posted = 0
         self._pending: list[_Completed] = []  # completed in post, handed out by trim/poll
 
     @property
     def posted(self) -> int:
         return self._posted
+
+    @property
+    def history(self) -> list[ExchangeStats]:
+        """The kept :class:`ExchangeStats`, oldest first (a copy; as the BLS engine's)."""
+        return [] if self._history is None else list(self._history)
 
     @property
     def in_flight(self) -> int:
@@ -71,8 +88,8 @@ class _Synchronous:
         stats.bytes_sent = sbuf.row_bytes * (sum(send_counts) - send_counts[self.rank])
         stats.bytes_received = sbuf.row_bytes * (sum(recv_counts) - recv_counts[self.rank])
         self._posted += 1
-        if self.history is not None:
-            self.history.append(stats)
+        if self._history is not None:
+            self._history.append(stats)
         handle = _Completed(stats, recv)
         self._pending.append(handle)
         return handle
@@ -107,7 +124,7 @@ class SyncMPI(_Synchronous):
 
     name = "mpi"
 
-    def __init__(self, comm: MPI.Comm, keep_history: bool = True):
+    def __init__(self, comm: MPI.Comm, keep_history: bool | int = DEFAULT_HISTORY):
         self.comm = comm.Dup()
         super().__init__(self.comm.Get_rank(), self.comm.Get_size(), keep_history)
 
@@ -130,7 +147,7 @@ class SyncGloo(_Synchronous):
 
     name = "gloo"
 
-    def __init__(self, group: Any = None, keep_history: bool = True):
+    def __init__(self, group: Any = None, keep_history: bool | int = DEFAULT_HISTORY):
         import torch.distributed as dist
 
         self._dist, self.group = dist, group
@@ -156,7 +173,7 @@ def make_collective(
     comm: MPI.Comm | None = None,
     timeout: float | None = 300.0,
     transport: str = "p2p",
-    keep_history: bool = True,
+    keep_history: bool | int = DEFAULT_HISTORY,
 ):
     """The collective called ``name`` ("mpi", "gloo" or "bls") with one interface.
 

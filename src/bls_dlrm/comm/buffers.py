@@ -3,6 +3,12 @@
 The engine moves bytes; callers think in rows of their array (elements of a 1-D array,
 rows of a 2-D one). A view shares memory with the caller's buffer, so nothing is copied
 on the way into or out of MPI.
+
+MPI sees memory, not values: a torch tensor with a lazy conjugate (or negative) bit holds
+the unconjugated numbers. :func:`send_ready` resolves the bit of a send tensor (a copy);
+a receive buffer with it, or a read-only numpy receive array, is refused
+(``row_buffer(..., writable=True)``), since writing into it would silently give the wrong
+values or break a promise made to the array's owner.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class RowBuffer:
     row_bytes: int
     dtype: str  # the owner's dtype, for messages and checks
     row_shape: tuple[int, ...]
+    address: int = 0  # of the first byte (the key of the engine's persistent requests)
 
 
 def _address_view(address: int, nbytes: int) -> memoryview:
@@ -39,14 +46,34 @@ def _address_view(address: int, nbytes: int) -> memoryview:
     return memoryview(MPI.buffer.fromaddress(address, nbytes))
 
 
-def row_buffer(buf: Any, what: str = "buffer") -> RowBuffer:
+def send_ready(buf: Any) -> Any:
+    """``buf`` itself, or for a torch tensor with a lazy conjugate/negative bit its values.
+
+    The result is what must stay alive while MPI reads it.
+    """
+    if isinstance(buf, torch.Tensor) and (buf.is_conj() or buf.is_neg()):
+        return buf.resolve_conj().resolve_neg()
+    return buf
+
+
+def row_buffer(buf: Any, what: str = "buffer", writable: bool = False) -> RowBuffer:
     """View ``buf`` (numpy array or torch CPU tensor, C-contiguous, >= 1-D) as bytes.
 
+    ``writable``: MPI will write into it (a receive buffer): a read-only numpy array and a
+    tensor with a lazy conjugate/negative bit are refused. A send tensor with such a bit
+    must go through :func:`send_ready` first (refused here otherwise).
     The view does not keep ``buf`` alive: the caller holds ``buf`` while MPI uses it.
     """
     if isinstance(buf, torch.Tensor):
         if not buf.is_cpu:
             raise ValueError(f"{what} must be a CPU tensor, got device {buf.device}")
+        if buf.is_conj() or buf.is_neg():
+            bit = "conjugate" if buf.is_conj() else "negative"
+            hint = "resolve_conj()" if buf.is_conj() else "resolve_neg()"
+            raise ValueError(
+                f"{what} has torch's lazy {bit} bit: its memory does not hold its values "
+                f"(call .{hint} first)"
+            )
         if not buf.is_contiguous():
             raise ValueError(f"{what} must be contiguous; call .contiguous() first")
         shape = buf.shape
@@ -54,7 +81,7 @@ def row_buffer(buf: Any, what: str = "buffer") -> RowBuffer:
             raise ValueError(f"{what} must have at least one dimension")
         itemsize = buf.element_size()
         nbytes = buf.numel() * itemsize
-        view = _address_view(buf.data_ptr(), nbytes)
+        address = buf.data_ptr()
         dtype = str(buf.dtype)[6:]  # "torch.float32" -> "float32"
     elif isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:
@@ -62,13 +89,16 @@ def row_buffer(buf: Any, what: str = "buffer") -> RowBuffer:
         shape = buf.shape
         if not shape:
             raise ValueError(f"{what} must have at least one dimension")
+        if writable and not buf.flags.writeable:
+            raise ValueError(f"{what} is read-only (numpy writeable flag is off)")
         itemsize, nbytes, dtype = buf.itemsize, buf.nbytes, str(buf.dtype)
-        view = _address_view(buf.__array_interface__["data"][0], nbytes)
+        address = buf.__array_interface__["data"][0]
     else:
         raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(buf)}")
     rows = shape[0]
     row_bytes = nbytes // rows if rows else itemsize * math.prod(shape[1:])
-    return RowBuffer(view, rows, row_bytes, dtype, tuple(shape[1:]))
+    view = _address_view(address, nbytes)
+    return RowBuffer(view, rows, row_bytes, dtype, tuple(shape[1:]), address)
 
 
 def new_like(template: Any, rows: int) -> Any:

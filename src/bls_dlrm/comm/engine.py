@@ -18,51 +18,115 @@ Semantics (DESIGN.md, "BLS alltoallv"):
   waits for the sends of exchange *i - L - 1*.
 * Memory: at most ``L + 1`` send and receive buffer sets are referenced by the engine.
 
+Progress: the engine has no thread. Every engine call (``post``, ``poll``, ``trim``,
+``complete_*``, ``flush_sends``, ``Exchange.test``/``wait``) tests the oldest exchange in
+flight and reaps finished sends; MPICH progresses *all* pending messages inside any test,
+so any call moves every exchange in flight forward. ``poll`` costs two ``Testall`` calls
+when nothing is ready, so a caller may make it on every step.
+
 Transport, chosen by measurement (``bls-dlrm bench-a2a --collectives
-bls:0,bls:0:ialltoallv``, README "Progress strategy"): point-to-point ``Irecv``/``Isend``
+bls:0,bls:0:ialltoallv``, README "Progress strategy"): point-to-point receives and sends
 on a private duplicate of the communicator, one message per peer and exchange, tagged by
-exchange number modulo the tag space. MPI's non-overtaking rule keeps a peer's pieces in
-exchange order. The alternative, one ``Ialltoallv`` per exchange, is available as
+the exchange's slot ``i mod (L + 1)``. At most ``L + 1`` exchanges are in flight and MPI
+does not let a peer's messages with one tag overtake each other, so the slot keeps
+exchanges apart. The alternative, one ``Ialltoallv`` per exchange, is available as
 ``transport="ialltoallv"``; MPI may skip empty pieces there, so a zero-count piece does
 not hold a rank to the lag bound.
+
+Fast path for repeated counts (p2p): counts are checked, and displacements, byte ranges
+and statuses built, once per distinct ``(rows, row bytes, send_counts, recv_counts)``
+(a bounded cache). When an exchange also repeats the *buffers* (addresses) that the
+same slot saw last time, as a loop does that reuses its buffers or a ring of ``L + 1``
+of them, the slot gets persistent requests (``Recv_init``/``Send_init``) and every later
+exchange there is one ``Startall``; anything else takes the ordinary ``Irecv``/``Isend``
+path. This is a local choice of each rank: both paths use the same tags. Measured with
+a throwaway loop of blocking exchanges (L = 0, same buffers, polite waiting, medians of
+7 interleaved blocks, against mpi4py's blocking ``Alltoallv`` on the same bytes,
+``mpiexec -n P``; shared noisy machine, so read as rough):
+
+=========  ===========================  ===========================
+per peer   4 ranks: persistent / plain  2 ranks: persistent / plain
+=========  ===========================  ===========================
+16 KiB     see README                   see README
+=========  ===========================  ===========================
 
 Waiting never busy-spins: ranks are often oversubscribed (4 ranks on 2 cores), and a
 spinning rank steals the core from the very peer it waits for. A blocked rank tests its
 requests (which also drives MPI progress), then yields the core, then sleeps with a
 short exponential back-off; see :class:`Backoff`.
+
+Threads: every public call holds the engine's ``threading.RLock`` (uncontended it costs
+about 0.1 us per call). A blocked call yields and sleeps *without* the lock, so another
+thread may complete the same exchange meanwhile (the blocked call then returns) or post.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
 from mpi4py import MPI
 
-from .buffers import new_like, row_buffer
+from .buffers import new_like, row_buffer, send_ready
 
 _TAG_SPACE = 1 << 15  # MPI guarantees tags up to 32767
+DEFAULT_HISTORY = 4096  # ExchangeStats kept by default (``keep_history``)
+_PLAN_CACHE = 64  # distinct count patterns remembered
+# Exchanges an aborted (or failed) engine could not finish: their buffers stay referenced
+# here until the process exits, so MPI never writes into or reads from freed memory.
+_ABANDONED: list[Exchange] = []
+
+try:  # torch users catch DistBackendError; it has no instance layout of its own
+    from torch.distributed import DistBackendError as _DistBackendError
+except ImportError:  # pragma: no cover - torch without distributed support
+    _DistBackendError = RuntimeError  # type: ignore[misc, assignment]
 
 
 class BLSError(RuntimeError):
     """Base class of the engine's errors."""
 
 
-class BLSTimeoutError(BLSError, TimeoutError):
-    """An exchange did not complete within the timeout."""
+class BLSTimeoutError(BLSError, _DistBackendError, TimeoutError):
+    """An exchange did not complete within the timeout.
 
-    def __init__(self, iteration: int, peers: Sequence[int], lag: int, timeout: float):
+    Also a ``torch.distributed.DistBackendError`` and a ``TimeoutError``. ``waiting_for``
+    is ``"data"`` (peers had not delivered their pieces) or ``"send"`` (this rank's pieces
+    had not been taken by their receivers).
+    """
+
+    def __init__(
+        self,
+        iteration: int,
+        peers: Sequence[int],
+        lag: int,
+        timeout: float | None,
+        waiting_for: str = "data",
+    ):
         self.iteration, self.peers, self.lag, self.timeout = iteration, list(peers), lag, timeout
-        super().__init__(
-            f"BLS alltoallv exchange {iteration} did not complete within {timeout:g} s: "
-            f"no data from peer(s) {self.peers}; this rank is {lag} exchange(s) ahead of "
-            "the slowest of them (has a peer died or stopped posting?)"
-        )
+        self.waiting_for = waiting_for
+        within = "" if timeout is None else f" within {timeout:g} s"
+        if waiting_for == "send":
+            text = (
+                f"BLS alltoallv exchange {iteration}: this rank's pieces did not leave{within}: "
+                f"waiting for peer(s) {self.peers} to receive them; this rank has posted "
+                f"{lag} exchange(s) from this one on (has a peer died or stopped calling?)"
+            )
+        else:
+            text = (
+                f"BLS alltoallv exchange {iteration} did not complete{within}: "
+                f"no data from peer(s) {self.peers}; this rank is {lag} exchange(s) ahead of "
+                "the slowest of them (has a peer died or stopped posting?)"
+            )
+        super().__init__(text)
+
+    def __reduce__(self):
+        args = (self.iteration, self.peers, self.lag, self.timeout, self.waiting_for)
+        return (type(self), args)
 
 
 class BLSCountError(BLSError, ValueError):
@@ -70,7 +134,7 @@ class BLSCountError(BLSError, ValueError):
 
 
 class BLSClosedError(BLSError):
-    """The engine was used after ``close``."""
+    """The engine was used after ``close`` or ``abort``."""
 
 
 @dataclass(slots=True)
@@ -82,8 +146,10 @@ class ExchangeStats:
     t_posted: float  # when all sends and receives were started
     t_complete: float = float("nan")  # when the exchange was completed on this rank
     wait_s: float = 0.0  # time blocked waiting for this exchange's data
-    # Exchanges this rank had posted that the slowest missing peer had not, when it blocked:
-    # 1 for a blocked synchronous exchange, at most L + 1 at the lag bound; 0: no block.
+    # When the rank blocked for this exchange: how many exchanges, this one included, it
+    # had posted that the slowest missing peer had not delivered (newest posted - i + 1;
+    # a missing peer has delivered i - 1, since completion is in order). 1 for a blocked
+    # synchronous exchange, at most L + 1 at the lag bound; 0: it did not block.
     lag: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -107,6 +173,7 @@ class Backoff:
 
     PRESETS: ClassVar[dict[str, dict[str, float]]] = {
         "polite": {},
+        "default": {},
         "yield": {"spin_s": float("inf")},  # poll and yield, never sleep
         "sleep": {"spin_s": 0.0},  # sleep at once
     }
@@ -127,11 +194,30 @@ class Backoff:
     def preset(cls, name: str) -> Backoff:
         try:
             return cls(**cls.PRESETS[name])
-        except KeyError:
+        except (KeyError, TypeError):
             raise ValueError(f"unknown wait preset {name!r}: {sorted(cls.PRESETS)}") from None
 
-    def wait(self, done, deadline: float | None) -> bool:
-        """Call ``done()`` until it returns true; False if ``deadline`` passed first."""
+    @classmethod
+    def of(cls, backoff: Backoff | str | None) -> Backoff | None:
+        """A Backoff from an instance, a preset name, or None (MPI's own Waitall)."""
+        if backoff is None or isinstance(backoff, Backoff):
+            return backoff
+        if isinstance(backoff, str):
+            return cls.preset(backoff)
+        raise ValueError(f"backoff must be a Backoff, a preset name or None, got {backoff!r}")
+
+    def wait(
+        self,
+        done: Callable[[], bool],
+        deadline: float | None,
+        sleep: Callable[[float], Any] = time.sleep,
+        yield_: Callable[[], Any] = os.sched_yield,
+    ) -> bool:
+        """Call ``done()`` until it returns true; False if ``deadline`` passed first.
+
+        ``sleep`` and ``yield_`` give the core away (the engine passes versions that also
+        release its lock).
+        """
         now = time.monotonic
         start = now()
         spin_until = start + self.spin_s
@@ -144,16 +230,73 @@ class Backoff:
                     break
                 if deadline is not None and t > deadline:
                     return done()
-                os.sched_yield()
+                yield_()
         else:
             return True
         pause = self.first_sleep
         while not done():
-            if deadline is not None and now() > deadline:
+            t = now()
+            if deadline is not None and t > deadline:
                 return done()
-            time.sleep(pause)
+            if deadline is not None:
+                pause = min(pause, max(deadline - t, 0.0) + 1e-6)
+            sleep(pause)
             pause = min(2 * pause, self.max_sleep)
         return True
+
+
+class _Plan:
+    """Checked counts of one count pattern and everything derived from them."""
+
+    __slots__ = (
+        "a2a_recv",
+        "a2a_send",
+        "bytes_received",
+        "bytes_sent",
+        "recv_bytes",
+        "recv_counts",
+        "recv_rows",
+        "recvs",
+        "self_copy",
+        "send_counts",
+        "sends",
+    )
+
+    def __init__(self, rank, peers, row_bytes, send_counts, recv_counts):
+        rb = row_bytes
+        sd, rd = _displacements(send_counts), _displacements(recv_counts)
+        self.send_counts, self.recv_counts = send_counts, recv_counts
+        self.recv_rows = sum(recv_counts)
+        # (peer, first byte, end byte) in the order this rank talks to its peers
+        self.recvs = [(p, rd[p] * rb, (rd[p] + recv_counts[p]) * rb) for p in peers]
+        self.sends = [(p, sd[p] * rb, (sd[p] + send_counts[p]) * rb) for p in peers]
+        self.recv_bytes = [recv_counts[p] * rb for p in peers]
+        n = send_counts[rank] * rb
+        self.self_copy = (sd[rank] * rb, rd[rank] * rb, n) if n else None
+        self.bytes_sent = rb * (sum(send_counts) - send_counts[rank])
+        self.bytes_received = rb * (self.recv_rows - recv_counts[rank])
+        self.a2a_send = ([c * rb for c in send_counts], [d * rb for d in sd])
+        self.a2a_recv = ([c * rb for c in recv_counts], [d * rb for d in rd])
+
+
+class _Persistent:
+    """Persistent requests of one slot for one (plan, send address, receive address)."""
+
+    __slots__ = ("key", "recv_reqs", "reqs", "send_reqs", "statuses")
+
+    def __init__(self, key, comm, tag, plan: _Plan, sview, rview):
+        byte = MPI.BYTE
+        self.key = key
+        self.recv_reqs = [comm.Recv_init([rview[a:b], byte], p, tag) for p, a, b in plan.recvs]
+        self.send_reqs = [comm.Send_init([sview[a:b], byte], p, tag) for p, a, b in plan.sends]
+        self.reqs = self.recv_reqs + self.send_reqs  # receives first, as the plain path
+        self.statuses = [MPI.Status() for _ in self.recv_reqs]
+
+    def free(self) -> None:
+        for r in self.reqs:
+            if r:
+                r.Free()
+        self.reqs = self.recv_reqs = self.send_reqs = []
 
 
 class Exchange:
@@ -161,7 +304,9 @@ class Exchange:
 
     __slots__ = (
         "_engine",
+        "_here",
         "_peers",
+        "_plan",
         "_reqs",
         "_send_reqs",
         "_statuses",
@@ -180,10 +325,12 @@ class Exchange:
         self.recv = recv
         self.done = False  # every piece for this rank is in ``recv``
         self.sent = False  # every piece of ``send`` has left (``send`` may be reused)
+        self._here = False  # the receives completed (their statuses are in ``_statuses``)
         self._reqs: list[MPI.Request] = []  # receives (p2p) or the one Ialltoallv
         self._peers: list[int] = []  # the peer of each receive in ``_reqs`` (p2p)
         self._send_reqs: list[MPI.Request] = []
         self._statuses: list[MPI.Status] = []
+        self._plan: _Plan | None = None
         self.recv_bytes: list[int] = []
 
     @property
@@ -191,12 +338,19 @@ class Exchange:
         return self.stats.iteration
 
     def test(self) -> bool:
-        """True once this exchange's data is here (does not complete it)."""
-        return self.done or self._ready()
+        """True once this exchange's data is here (does not complete it); drives progress."""
+        if self.done:
+            return True
+        with self._engine._lock:
+            return self.done or self._ready()
 
     def _ready(self) -> bool:
+        # A successful Testall frees (or deactivates) the requests and fills the
+        # statuses; a second one would see empty requests and overwrite the statuses.
+        if self._here:
+            return True
         try:
-            return MPI.Request.Testall(self._reqs, self._statuses)
+            self._here = MPI.Request.Testall(self._reqs, self._statuses)
         except MPI.Exception as exc:
             # Testall reports a failed request as ERR_IN_STATUS, the cause in its status.
             classes = {exc.Get_error_class()}
@@ -208,14 +362,23 @@ class Exchange:
                     "recv_counts of this rank allow (send and receive counts disagree)"
                 ) from exc
             raise
+        return self._here
 
-    def wait(self) -> Any:
+    def wait(self, timeout: float | None = None) -> Any:
         """Complete every exchange up to this one, in order, and its sends; return ``recv``.
 
-        Afterwards both buffers belong to the caller again.
+        Afterwards both buffers belong to the caller again. ``timeout`` (seconds) bounds
+        this call instead of the engine's timeout.
         """
-        self._engine.complete_until(self.stats.iteration)
-        self._engine.flush_sends(self.stats.iteration)
+        engine = self._engine
+        if not (self.done and self.sent):
+            with engine._lock:
+                engine._check_open()
+                deadline = engine._call_deadline(timeout)
+                if not self.done:
+                    engine._complete_until(self.stats.iteration, deadline, timeout)
+                if not self.sent:
+                    engine._flush_sends(self.stats.iteration, deadline, timeout)
         return self.recv
 
 
@@ -230,15 +393,21 @@ class BLSAlltoallv:
         ``L >= 0``; at most ``L + 1`` exchanges are in flight.
     timeout:
         Seconds an exchange may stay blocked before :class:`BLSTimeoutError`; None waits
-        forever.
+        forever. Waiting calls take a ``timeout`` of their own that overrides it.
     transport:
         ``"p2p"`` (default, per-peer messages) or ``"ialltoallv"`` (one nonblocking
         collective per exchange).
     backoff:
-        How a blocked rank waits (:class:`Backoff`); ``None`` uses MPI's ``Waitall``,
-        which spins and ignores ``timeout``: it exists only to measure the difference.
+        How a blocked rank waits: a :class:`Backoff`, a preset name (``"polite"`` =
+        ``"default"``, ``"yield"``, ``"sleep"``), or ``None`` for MPI's ``Waitall``, which
+        spins and ignores ``timeout``: it exists only to measure the difference.
     keep_history:
-        Keep every exchange's :class:`ExchangeStats` in ``history``.
+        How many exchanges' :class:`ExchangeStats` ``history`` keeps, newest last:
+        ``DEFAULT_HISTORY`` (4096) by default, ``True`` for all (benchmarks), ``False``
+        or 0 for none, or a count.
+    persistent:
+        Use persistent requests for exchanges that repeat a slot's counts and buffers
+        (p2p only; on by default, ``False`` for comparisons).
     """
 
     def __init__(
@@ -249,7 +418,8 @@ class BLSAlltoallv:
         timeout: float | None = 300.0,
         transport: str = "p2p",
         backoff: Backoff | str | None = "default",
-        keep_history: bool = True,
+        keep_history: bool | int = DEFAULT_HISTORY,
+        persistent: bool = True,
     ):
         if isinstance(lag_bound, bool) or not isinstance(lag_bound, int) or lag_bound < 0:
             raise ValueError(f"lag bound must be an integer >= 0, got {lag_bound!r}")
@@ -259,14 +429,23 @@ class BLSAlltoallv:
             raise ValueError(f"transport must be 'p2p' or 'ialltoallv', got {transport!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive or None, got {timeout!r}")
+        self.backoff = Backoff.of(backoff)
+        if keep_history is True:
+            history: deque[ExchangeStats] | None = deque()
+        elif keep_history is False or keep_history == 0:
+            history = None
+        elif isinstance(keep_history, int) and keep_history > 0:
+            history = deque(maxlen=keep_history)
+        else:
+            raise ValueError(f"keep_history must be a bool or a count >= 0, got {keep_history!r}")
+        self._history = history
         self.comm = comm.Dup()
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.lag_bound = lag_bound
         self.timeout = timeout
         self.transport = transport
-        self.backoff = Backoff() if backoff == "default" else backoff
-        self.history: list[ExchangeStats] | None = [] if keep_history else None
+        self._lock = threading.RLock()
         self._closed = False
         self._in_flight: deque[Exchange] = deque()  # posted, data not all here yet
         self._sending: deque[Exchange] = deque()  # completed, some sends still leaving
@@ -275,6 +454,32 @@ class BLSAlltoallv:
         # Peers in the order this rank talks to them: start after itself, so that no
         # rank is everybody's first target.
         self._peers = [(self.rank + k) % self.size for k in range(1, self.size)]
+        self._plans: dict[tuple, _Plan] = {}
+        self._persistent_on = persistent and transport == "p2p"
+        slots = lag_bound + 1
+        self._slot_reqs: list[_Persistent | None] = [None] * slots
+        self._slot_seen: list[tuple | None] = [None] * slots
+        release = getattr(self._lock, "_release_save", None)
+        restore = getattr(self._lock, "_acquire_restore", None)
+        if release is not None and restore is not None:
+
+            def unlocked_sleep(seconds: float) -> None:
+                state = release()
+                try:
+                    time.sleep(seconds)
+                finally:
+                    restore(state)
+
+            def unlocked_yield() -> None:
+                state = release()
+                try:
+                    os.sched_yield()
+                finally:
+                    restore(state)
+
+            self._sleep, self._yield = unlocked_sleep, unlocked_yield
+        else:  # pragma: no cover - an RLock without Condition's helpers
+            self._sleep, self._yield = time.sleep, os.sched_yield
 
     # -- state ---------------------------------------------------------------------------
 
@@ -295,6 +500,12 @@ class BLSAlltoallv:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def history(self) -> list[ExchangeStats]:
+        """The kept :class:`ExchangeStats`, oldest first (a copy; see ``keep_history``)."""
+        with self._lock:
+            return [] if self._history is None else list(self._history)
+
     # -- posting -------------------------------------------------------------------------
 
     def post(
@@ -312,115 +523,166 @@ class BLSAlltoallv:
         exchange ``i + L + 1`` is posted, or after ``handle.wait()`` or ``drain()``). May
         block to keep the lag bound: exchange ``i - L - 1`` is completed first.
         """
-        self._check_open()
-        t_post = time.monotonic()
-        sbuf = row_buffer(send, "send buffer")
-        send_counts, recv_counts = split_counts(
-            self.rank, self.size, sbuf.rows, send_counts, recv_counts
-        )
-        if recv is None:
-            recv = new_like(send, sum(recv_counts))
-        rbuf = row_buffer(recv, "receive buffer")
-        if rbuf.row_bytes != sbuf.row_bytes or rbuf.dtype != sbuf.dtype:
-            raise ValueError(
-                f"receive buffer rows ({rbuf.dtype}, {rbuf.row_shape}) do not match send "
-                f"buffer rows ({sbuf.dtype}, {sbuf.row_shape})"
-            )
-        if rbuf.rows < sum(recv_counts):
-            raise ValueError(
-                f"receive buffer has {rbuf.rows} rows, recv_counts need {sum(recv_counts)}"
-            )
-        # Keep the lag bound before anything of this exchange is started.
-        while len(self._in_flight) > self.lag_bound:
-            self._complete_oldest()
+        with self._lock:
+            self._check_open()
             t_post = time.monotonic()
-        # At most L + 1 send buffer sets: the sends of exchange i - L - 1 must have left.
-        oldest_allowed = self._posted - self.lag_bound
-        send_wait = 0.0
-        if self._sending and self._sending[0].iteration < oldest_allowed:
-            self.flush_sends(oldest_allowed - 1)
-            send_wait = time.monotonic() - t_post
-            t_post = time.monotonic()
+            send = send_ready(send)
+            sbuf = row_buffer(send, "send buffer")
+            plan = self._plan(sbuf.rows, sbuf.row_bytes, send_counts, recv_counts)
+            if recv is None:
+                recv = new_like(send, plan.recv_rows)
+            rbuf = row_buffer(recv, "receive buffer", writable=True)
+            if rbuf.row_bytes != sbuf.row_bytes or rbuf.dtype != sbuf.dtype:
+                raise ValueError(
+                    f"receive buffer rows ({rbuf.dtype}, {rbuf.row_shape}) do not match "
+                    f"send buffer rows ({sbuf.dtype}, {sbuf.row_shape})"
+                )
+            if rbuf.rows < plan.recv_rows:
+                raise ValueError(
+                    f"receive buffer has {rbuf.rows} rows, recv_counts need {plan.recv_rows}"
+                )
+            # Keep the lag bound and the send-buffer bound before anything of this exchange
+            # is started. A wait releases the lock, so both are checked again after it.
+            send_wait = 0.0
+            while True:
+                if len(self._in_flight) > self.lag_bound:
+                    self._complete_next(None, None)
+                    t_post = time.monotonic()
+                    continue
+                # At most L + 1 send buffer sets: the sends of exchange i - L - 1 are out.
+                oldest_allowed = self._posted - self.lag_bound
+                if self._sending and self._sending[0].iteration < oldest_allowed:
+                    t0 = time.monotonic()
+                    self._flush_sends(oldest_allowed - 1, None, None)
+                    t_post = time.monotonic()
+                    send_wait += t_post - t0
+                    continue
+                break
 
-        iteration = self._posted
-        stats = ExchangeStats(iteration, t_post, t_post, send_wait_s=send_wait)
-        ex = Exchange(self, stats, send, recv)
-        rb = sbuf.row_bytes
-        sdispl = _displacements(send_counts)
-        rdispl = _displacements(recv_counts)
-        if self.transport == "p2p":
-            self._start_p2p(ex, sbuf.view, rbuf.view, rb, send_counts, sdispl, recv_counts, rdispl)
-        else:
-            self._start_ialltoallv(
-                ex, sbuf.view, rbuf.view, rb, send_counts, sdispl, recv_counts, rdispl
+            iteration = self._posted
+            stats = ExchangeStats(iteration, t_post, t_post, send_wait_s=send_wait)
+            ex = Exchange(self, stats, send, recv)
+            ex._plan = plan
+            if self.transport == "p2p":
+                self._start_p2p(ex, plan, sbuf, rbuf)
+            else:
+                self._start_ialltoallv(ex, plan, sbuf.view, rbuf.view)
+            stats.bytes_sent = plan.bytes_sent
+            stats.bytes_received = plan.bytes_received
+            stats.t_posted = time.monotonic()
+            self._posted += 1
+            self._in_flight.append(ex)
+            if self._history is not None:
+                self._history.append(stats)
+            return ex
+
+    def _plan(self, rows: int, row_bytes: int, send_counts, recv_counts) -> _Plan:
+        try:
+            key = (
+                rows,
+                row_bytes,
+                None if send_counts is None else tuple(send_counts),
+                None if recv_counts is None else tuple(recv_counts),
             )
-        stats.bytes_sent = rb * (sum(send_counts) - send_counts[self.rank])
-        stats.bytes_received = rb * (sum(recv_counts) - recv_counts[self.rank])
-        stats.t_posted = time.monotonic()
-        self._posted += 1
-        self._in_flight.append(ex)
-        if self.history is not None:
-            self.history.append(stats)
-        return ex
+            plan = self._plans.get(key)
+        except TypeError:  # counts that do not hash: check them every time
+            key, plan = None, None
+        if plan is None:
+            sc, rc = split_counts(self.rank, self.size, rows, send_counts, recv_counts)
+            plan = _Plan(self.rank, self._peers, row_bytes, sc, rc)
+            if key is not None:
+                if len(self._plans) >= _PLAN_CACHE:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
 
-    def _start_p2p(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
-        comm, tag, byte = self.comm, ex.stats.iteration % _TAG_SPACE, MPI.BYTE
+    def _start_p2p(self, ex: Exchange, plan: _Plan, sbuf, rbuf) -> None:
+        iteration = ex.stats.iteration
+        slots = self.lag_bound + 1
+        slot = iteration % slots
+        sview, rview = sbuf.view, rbuf.view
+        ex._peers = self._peers
+        ex.recv_bytes = plan.recv_bytes
+        if self._persistent_on:
+            # The slot's previous exchange (i - L - 1 or older) is complete and its sends
+            # have left (``post`` made sure), so its persistent requests are inactive.
+            key = (plan, sbuf.address, rbuf.address)
+            entry = self._slot_reqs[slot]
+            if entry is None or entry.key != key:
+                if self._slot_seen[slot] == key:  # the buffers repeat: build once
+                    if entry is not None:
+                        entry.free()
+                    entry = _Persistent(key, self.comm, slot, plan, sview, rview)
+                    self._slot_reqs[slot] = entry
+                else:
+                    self._slot_seen[slot] = key
+                    entry = None
+            if entry is not None:
+                MPI.Prequest.Startall(entry.reqs)
+                ex._reqs, ex._send_reqs, ex._statuses = (
+                    entry.recv_reqs,
+                    entry.send_reqs,
+                    entry.statuses,
+                )
+                self._self_copy(plan, sview, rview)
+                return
+        comm, tag, byte = self.comm, slot, MPI.BYTE
         irecv, isend = comm.Irecv, comm.Isend
-        peers = self._peers
-        ex._reqs = [
-            irecv([rview[rdispl[p] * rb : (rdispl[p] + rcounts[p]) * rb], byte], p, tag)
-            for p in peers
-        ]
-        ex._send_reqs = [
-            isend([sview[sdispl[p] * rb : (sdispl[p] + scounts[p]) * rb], byte], p, tag)
-            for p in peers
-        ]
-        reqs = ex._reqs
-        ex._peers = peers
-        me = self.rank
-        n = scounts[me] * rb
-        if n:
-            a, b = sdispl[me] * rb, rdispl[me] * rb
+        ex._reqs = [irecv([rview[a:b], byte], p, tag) for p, a, b in plan.recvs]
+        ex._send_reqs = [isend([sview[a:b], byte], p, tag) for p, a, b in plan.sends]
+        ex._statuses = [MPI.Status() for _ in plan.recvs]
+        self._self_copy(plan, sview, rview)
+
+    @staticmethod
+    def _self_copy(plan: _Plan, sview, rview) -> None:
+        if plan.self_copy is not None:
+            a, b, n = plan.self_copy
             rview[b : b + n] = sview[a : a + n]
-        ex._statuses = [MPI.Status() for _ in reqs]
-        ex.recv_bytes = [rcounts[peer] * rb for peer in self._peers]
 
-    def _start_ialltoallv(self, ex, sview, rview, rb, scounts, sdispl, rcounts, rdispl) -> None:
-        def spec(view, counts, displ):
-            return [view, ([c * rb for c in counts], [d * rb for d in displ]), MPI.BYTE]
-
-        ex._reqs.append(
-            self.comm.Ialltoallv(spec(sview, scounts, sdispl), spec(rview, rcounts, rdispl))
-        )
+    def _start_ialltoallv(self, ex: Exchange, plan: _Plan, sview, rview) -> None:
+        byte = MPI.BYTE
+        ex._reqs = [
+            self.comm.Ialltoallv([sview, plan.a2a_send, byte], [rview, plan.a2a_recv, byte])
+        ]
         ex._statuses = [MPI.Status()]
 
     # -- completing ----------------------------------------------------------------------
 
     def poll(self) -> list[Exchange]:
-        """Complete, in order, the oldest exchanges whose data is already here; never blocks."""
-        self._check_open()
-        done = []
-        while self._in_flight and self._in_flight[0]._ready():
-            done.append(self._finish(self._in_flight.popleft(), waited=0.0, lag=0))
-        self._reap_sends()
-        return done
+        """Complete, in order, the oldest exchanges whose data is already here; never blocks.
 
-    def complete_oldest(self) -> Exchange:
+        Also releases the send buffers whose pieces have left. Cheap when nothing is ready
+        (a test of the oldest exchange and of the oldest pending sends).
+        """
+        with self._lock:
+            self._check_open()
+            done = []
+            in_flight = self._in_flight
+            while in_flight and in_flight[0]._ready():
+                done.append(self._finish(in_flight.popleft(), waited=0.0, lag=0))
+            self._reap_sends()
+            return done
+
+    def complete_oldest(self, timeout: float | None = None) -> Exchange:
         """Complete the oldest exchange in flight, waiting for it if needed."""
-        self._check_open()
-        if not self._in_flight:
-            raise BLSError("no exchange in flight")
-        return self._complete_oldest()
+        with self._lock:
+            self._check_open()
+            if not self._in_flight:
+                raise BLSError("no exchange in flight")
+            ex = self._in_flight[0]
+            self._complete_until(ex.iteration, self._call_deadline(timeout), timeout)
+            return ex
 
-    def complete_until(self, iteration: int) -> list[Exchange]:
-        """Complete every exchange up to and including ``iteration``, in order."""
-        self._check_open()
-        if iteration >= self._posted:
-            raise BLSError(f"exchange {iteration} has not been posted (posted {self._posted})")
-        done = []
-        while self._completed <= iteration:
-            done.append(self._complete_oldest())
-        return done
+    def complete_until(self, iteration: int, timeout: float | None = None) -> list[Exchange]:
+        """Complete every exchange up to and including ``iteration``, in order.
+
+        ``timeout`` (seconds) bounds this call instead of the engine's timeout.
+        """
+        with self._lock:
+            self._check_open()
+            if iteration >= self._posted:
+                raise BLSError(f"exchange {iteration} has not been posted (posted {self._posted})")
+            return self._complete_until(iteration, self._call_deadline(timeout), timeout)
 
     def trim(self, keep: int | None = None) -> list[Exchange]:
         """Complete the oldest exchanges until at most ``keep`` (default ``L``) are in flight.
@@ -428,64 +690,132 @@ class BLSAlltoallv:
         The usual loop is ``post`` -> local work -> ``trim()`` -> use the completed data:
         it keeps a peer up to ``L`` exchanges behind without blocking.
         """
-        self._check_open()
-        keep = self.lag_bound if keep is None else keep
-        done = []
-        while len(self._in_flight) > keep:
-            done.append(self.complete_oldest())
-        return done
+        with self._lock:
+            self._check_open()
+            keep = self.lag_bound if keep is None else keep
+            done = []
+            while len(self._in_flight) > keep:
+                ex = self._complete_next(None, None)
+                if ex is not None:
+                    done.append(ex)
+            return done
 
     def drain(self) -> list[Exchange]:
         """Complete everything in flight, sends included (end of a run)."""
-        done = self.trim(0)
-        self.flush_sends()
+        with self._lock:
+            done = self.trim(0)
+            self.flush_sends()
+            return done
+
+    def flush_sends(self, iteration: int | None = None, timeout: float | None = None) -> None:
+        """Wait until the sends of every exchange up to ``iteration`` (default: all) left.
+
+        ``timeout`` (seconds) bounds this call instead of the engine's timeout.
+        """
+        with self._lock:
+            self._check_open()
+            self._flush_sends(iteration, self._call_deadline(timeout), timeout)
+
+    # -- internals (the lock is held) ----------------------------------------------------
+
+    def _call_deadline(self, timeout: float | None) -> float | None:
+        if timeout is None:
+            return None
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        return time.monotonic() + timeout
+
+    def _deadline(self, deadline: float | None) -> float | None:
+        """The call's own deadline, else one engine timeout from now."""
+        if deadline is not None:
+            return deadline
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _complete_until(self, iteration: int, deadline, timeout) -> list[Exchange]:
+        done = []
+        while self._completed <= iteration:
+            ex = self._complete_next(deadline, timeout)
+            if ex is not None:
+                done.append(ex)
         return done
 
-    def flush_sends(self, iteration: int | None = None) -> None:
-        """Wait until the sends of every exchange up to ``iteration`` (default: all) left."""
-        self._check_open()
-        while self._sending and (iteration is None or self._sending[0].iteration <= iteration):
-            ex = self._sending[0]
+    def _complete_next(self, deadline: float | None, timeout: float | None) -> Exchange | None:
+        """Complete the oldest exchange; None if another thread completed it meanwhile."""
+        ex = self._in_flight[0]
+        if ex._ready():
+            self._in_flight.popleft()
+            return self._finish(ex, 0.0, 0)
+        lag = self._lag(ex)
+        t0 = time.monotonic()
+        if self.backoff is None:  # MPI's own (spinning) wait, for measurements only
+            MPI.Request.Waitall(ex._reqs, ex._statuses)
+            ex._here = True
+        else:
+            ok = self.backoff.wait(
+                lambda: ex.done or self._closed or ex._ready(),
+                self._deadline(deadline),
+                self._sleep,
+                self._yield,
+            )
+            self._check_open()
+            if ex.done:  # another thread completed it while this one slept
+                return None
+            if not ok:
+                raise BLSTimeoutError(
+                    ex.stats.iteration,
+                    self._missing(ex),
+                    lag,
+                    self.timeout if timeout is None else timeout,
+                )
+        waited = time.monotonic() - t0
+        # Only in-order completion pops, so an exchange not done is still the oldest.
+        self._in_flight.popleft()
+        return self._finish(ex, waited, lag)
+
+    def _flush_sends(self, iteration: int | None, deadline, timeout) -> None:
+        sending = self._sending
+        while sending and (iteration is None or sending[0].iteration <= iteration):
+            ex = sending[0]
             if not MPI.Request.Testall(ex._send_reqs):
-                deadline = None if self.timeout is None else time.monotonic() + self.timeout
                 if self.backoff is None:
                     MPI.Request.Waitall(ex._send_reqs)
-                elif not self.backoff.wait(partial(MPI.Request.Testall, ex._send_reqs), deadline):
-                    stuck = [
-                        p
-                        for p, r in zip(ex._peers, ex._send_reqs, strict=True)
-                        if not r.Get_status()
-                    ]
-                    raise BLSTimeoutError(ex.iteration, stuck, 0, self.timeout)
-            self._sending.popleft()
+                else:
+                    ok = self.backoff.wait(
+                        lambda ex=ex: ex.sent or self._closed or MPI.Request.Testall(ex._send_reqs),
+                        self._deadline(deadline),
+                        self._sleep,
+                        self._yield,
+                    )
+                    self._check_open()
+                    if ex.sent:
+                        continue
+                    if not ok:
+                        stuck = [
+                            p
+                            for p, r in zip(ex._peers, ex._send_reqs, strict=True)
+                            if not _arrived(r)
+                        ]
+                        raise BLSTimeoutError(
+                            ex.iteration,
+                            stuck,
+                            self._posted - ex.iteration,
+                            self.timeout if timeout is None else timeout,
+                            waiting_for="send",
+                        )
+            sending.popleft()
             self._sent(ex)
 
     def _reap_sends(self) -> None:
         """Release, in order, the send buffers whose pieces have all left; never blocks."""
-        while self._sending and MPI.Request.Testall(self._sending[0]._send_reqs):
-            self._sent(self._sending.popleft())
+        sending = self._sending
+        while sending and MPI.Request.Testall(sending[0]._send_reqs):
+            self._sent(sending.popleft())
 
     @staticmethod
     def _sent(ex: Exchange) -> None:
         ex.sent = True
         ex.send = None
         ex._send_reqs = []
-
-    def _complete_oldest(self) -> Exchange:
-        ex = self._in_flight[0]
-        if ex._ready():
-            waited, lag = 0.0, 0
-        else:
-            lag = self._lag(ex)
-            t0 = time.monotonic()
-            deadline = None if self.timeout is None else t0 + self.timeout
-            if self.backoff is None:  # MPI's own (spinning) wait, for measurements only
-                MPI.Request.Waitall(ex._reqs, ex._statuses)
-            elif not self.backoff.wait(ex._ready, deadline):
-                raise BLSTimeoutError(ex.stats.iteration, self._missing(ex), lag, self.timeout)
-            waited = time.monotonic() - t0
-        self._in_flight.popleft()
-        return self._finish(ex, waited, lag)
 
     def _finish(self, ex: Exchange, waited: float, lag: int) -> Exchange:
         ex.done = True
@@ -500,7 +830,7 @@ class BLSAlltoallv:
         # Sends finish on their own time: a large message leaves only once its receiver
         # has copied it, and the receiver may be busy. Waiting for that here would tie this
         # rank to every receiver's progress; the send buffer is kept until ``sent``.
-        if ex._send_reqs and not MPI.Request.Testall(ex._send_reqs):
+        if ex._send_reqs and (self._sending or not MPI.Request.Testall(ex._send_reqs)):
             self._sending.append(ex)
         else:
             self._sent(ex)
@@ -509,32 +839,33 @@ class BLSAlltoallv:
     def _check_received(self, ex: Exchange) -> None:
         # Receives are the first requests of an exchange; a short message is legal MPI,
         # so it is caught here (a long one fails as a truncation in ``_ready``).
-        for k, (peer, expected) in enumerate(zip(ex._peers, ex.recv_bytes, strict=True)):
-            got = ex._statuses[k].Get_count(MPI.BYTE)
+        statuses = ex._statuses
+        for k, expected in enumerate(ex.recv_bytes):
+            got = statuses[k].Get_count(MPI.BYTE)
             if got != expected:
                 raise BLSCountError(
-                    f"exchange {ex.stats.iteration}: peer {peer} sent {got} bytes but this "
-                    f"rank expected {expected} (send and receive counts disagree)"
+                    f"exchange {ex.stats.iteration}: peer {ex._peers[k]} sent {got} bytes but "
+                    f"this rank expected {expected} (send and receive counts disagree)"
                 )
 
     def _lag(self, ex: Exchange) -> int:
-        """Exchanges this rank is ahead of the slowest peer that has not delivered ``ex``."""
-        newest = self._posted - 1
-        if not ex._peers:  # ialltoallv: per-peer arrival is not visible
-            return newest - ex.stats.iteration + 1
-        slowest = newest
-        for k in range(len(ex._peers)):
-            have = ex.stats.iteration - 1  # the peer has surely posted everything before
-            for later in self._in_flight:  # the same peer's receive, exchange after exchange
-                if not _arrived(later._reqs[k]):
-                    break
-                have = later.stats.iteration
-            slowest = min(slowest, have)
-        return newest - slowest
+        """How far the slowest peer that has not delivered ``ex`` (the oldest) is behind.
+
+        Completion is in order, so every peer has delivered ``ex.iteration - 1``; a missing
+        one has not delivered ``ex``. This rank has posted up to ``newest``, so it is
+        ``newest - ex.iteration + 1`` exchanges ahead of that peer's last delivered one.
+        (A peer may have posted ``ex`` with its data still on the way: then it is a lower
+        bound plus one; MPI does not show a peer's progress beyond its messages.)
+        """
+        return self._posted - ex.stats.iteration
 
     def _missing(self, ex: Exchange) -> list[int]:
         if not ex._peers:
-            return [p for p in range(self.size) if p != self.rank]
+            plan = ex._plan
+            # ialltoallv: per-peer arrival is not visible; peers with nothing for this
+            # rank cannot hold it up.
+            counts = plan.recv_counts if plan is not None else [1] * self.size
+            return [p for p in range(self.size) if p != self.rank and counts[p]]
         return [peer for peer, req in zip(ex._peers, ex._reqs, strict=True) if not _arrived(req)]
 
     # -- lifetime ------------------------------------------------------------------------
@@ -544,22 +875,74 @@ class BLSAlltoallv:
             raise BLSClosedError("this BLS alltoallv engine was closed")
 
     def close(self) -> None:
-        """Drain and free the private communicator. Idempotent."""
-        if self._closed:
-            return
-        try:
-            self.drain()
-        finally:
+        """Drain and free the private communicator. Idempotent.
+
+        If draining fails (a timeout), what is still in flight is abandoned as in
+        :meth:`abort` and the error propagates.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.drain()
+            finally:
+                self._abandon()
+                self._closed = True
+                self._free_persistent()
+                self.comm.Free()
+
+    def abort(self) -> None:
+        """Give up on everything in flight, without waiting; the engine is closed.
+
+        Receives that have not matched are cancelled; the buffers of every exchange that
+        was not finished stay referenced (until the process exits), so MPI never touches
+        freed memory. Meant for a job that is about to end (an error on some rank).
+        """
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self.comm.Free()
+            self._abandon()
+            # Freeing a communicator with pending operations is legal MPI: it goes once
+            # they finish. Persistent requests still active are left to the process exit.
+
+    def _abandon(self) -> None:
+        pending = [*self._in_flight, *self._sending]
+        self._in_flight.clear()
+        self._sending.clear()
+        active = False
+        for ex in pending:
+            if not ex.done and not ex._here:
+                for r in ex._reqs:
+                    try:
+                        if r and not _arrived(r):
+                            r.Cancel()
+                    except MPI.Exception:
+                        pass
+                active = True
+            if ex._send_reqs:
+                active = True
+            _ABANDONED.append(ex)
+        if active:
+            # Persistent requests of the abandoned exchanges stay allocated.
+            self._slot_reqs = [None] * len(self._slot_reqs)
+
+    def _free_persistent(self) -> None:
+        for entry in self._slot_reqs:
+            if entry is not None:
+                entry.free()
+        self._slot_reqs = [None] * len(self._slot_reqs)
 
     def __enter__(self) -> BLSAlltoallv:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
-        # On an error the exchanges in flight cannot be completed safely: leave them.
+        # On an error the exchanges in flight cannot be completed safely: leave them
+        # (abandoned, so their buffers stay alive).
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
 
 
 def _arrived(req: MPI.Request) -> bool:
