@@ -1,35 +1,58 @@
 """One rank's distributed DLRM inference loop: where the model meets the collective.
 
-``mpiexec -n P bls-dlrm infer --config run.yaml [--set key=value ...] --out RUN_DIR``
+``mpiexec -bind-to core -n P bls-dlrm infer --config run.yaml [--set key=value ...] --out OUT``
 
 Model-parallel tables, data-parallel MLPs (DESIGN.md, "DLRM inference"): rank ``r`` holds
 the tables its sharding plan gives it and looks them up for the *global* batch; the
 alltoallv hands every rank its batch slice of every table; each rank then runs the bottom
-MLP, the interaction and the top MLP on its own slice. Per iteration ``i``::
+MLP, the interaction and the top MLP on its own slice.
 
-    delay(i) -> lookup(i) -> post(i) -> bottom MLP(i) -> complete what the lag bound
-    requires (exchange i - L) and, without waiting, any later exchange whose data is
-    already here -> interaction + top MLP for each completed one -> predictions
+The exchange goes through ``torch.distributed``, as in the reference DLRM: every series is
+the same loop on a process group of another backend. Per iteration ``i``::
 
-and all exchanges still in flight are completed at the end (drain). With ``L = 0`` this is
-the reference DLRM's synchronous exchange overlapped with the bottom MLP.
+    delay(i) -> lookup(i) -> dist.all_to_all_single(..., async_op=True) -> bottom MLP(i)
+    -> wait the oldest Work while more than L are in flight -> finish, in order and
+    without waiting, every later Work whose is_completed() is already true
+    -> interaction + top MLP for each finished one -> predictions
 
-The injected delay is extra local work at the start of the iteration, before the lookups
-(one documented point, logged as ``delay_s``). Warm-up iterations run the same loop but are
-flagged in the log and left out of every measure. When a run asks for more iterations than
-the dataset holds batches, batches are reused cyclically.
+and the Works still in flight are waited at the end (drain). ``L`` is the series' lag
+bound, 0 for the synchronous series, so every synchronous series overlaps its exchange with
+the bottom MLP exactly as BLS with ``L = 0`` does: it is the same code.
 
-Each rank writes ``RUN_DIR/rank{r}.jsonl`` (:mod:`bls_dlrm.records`), with a checksum of its
-predictions per iteration: equal checksums across collectives and lag bounds are the
-bit-identity that the tests assert.
+Series (``series`` key; default: the one series of ``collective`` and ``lag_bound``):
+
+- ``gloo``: torch's gloo backend;
+- ``mpi``: the synchronous MPI backend ``mpisync`` (mpi4py ``Alltoallv``);
+- ``bls:L``: the BLS backend ``bls`` with lag bound ``L`` (``BLSOptions(lag_bound=L)``).
+
+One launch builds the model, shards and dataset once, creates one process group per series
+up front (the default group is gloo; then ``dist.new_group`` per series, in the listed
+order on every rank) and runs the series in an order shuffled by
+``numpy.random.default_rng(shuffle_seed + repetition)``, with a barrier between series.
+With a ``series`` list each series writes its own run folder ``OUT/<label>/`` (labels
+``gloo``, ``mpi``, ``bls-L4``); without it the logs go to ``OUT`` itself.
+
+The injected delay is work at the start of the iteration, before the lookups (one
+documented point, logged as ``delay_s``, the measured duration): by default the rank
+computes on its own core (``delay.mode: busy``), or it sleeps (``delay.mode: sleep``).
+Warm-up iterations run the same loop but are flagged in the log and left out of every
+measure. When a run asks for more iterations than the dataset holds batches, batches are
+reused cyclically.
+
+Each rank writes ``rank{r}.jsonl`` (:mod:`bls_dlrm.records`), with a checksum of its
+predictions per iteration: equal checksums across series are the bit-identity that the
+tests assert. The header records the series order, the rank's cores and the binding.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import socket
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,11 +61,52 @@ import numpy as np
 import yaml
 
 COLLECTIVES = ("gloo", "mpi", "bls")
-PLANS = ("contiguous", "balanced", "unbalanced")
+#: torch.distributed backend behind each collective name of the configs
+BACKENDS = {"gloo": "gloo", "mpi": "mpisync", "bls": "bls"}
+PLANS = ("contiguous", "balanced", "unbalanced", "hot")
+BINDINGS = ("auto", "core", "none")
+TRANSPORTS = ("p2p", "ialltoallv")
 
 
 class ConfigError(ValueError):
     """A run configuration that cannot run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One collective of a launch: ``gloo``, ``mpi`` or ``bls:L``."""
+
+    collective: str
+    lag_bound: int = 0
+
+    @classmethod
+    def parse(cls, text: Any) -> Series:
+        if not isinstance(text, str):
+            raise ConfigError(f"series: entries are strings like 'gloo' or 'bls:4', got {text!r}")
+        name, sep, lag = text.strip().partition(":")
+        if name not in COLLECTIVES:
+            raise ConfigError(f"series: {text!r} is not gloo, mpi or bls:L")
+        if name != "bls":
+            if sep:
+                raise ConfigError(f"series: {text!r}: {name} is synchronous, it takes no lag bound")
+            return cls(name, 0)
+        if not sep or not lag.strip().isdigit():
+            raise ConfigError(f"series: {text!r}: give the lag bound as bls:L with L >= 0")
+        return cls("bls", int(lag))
+
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend name."""
+        return BACKENDS[self.collective]
+
+    @property
+    def label(self) -> str:
+        """Folder name and table label: ``gloo``, ``mpi``, ``bls-L4``."""
+        return f"bls-L{self.lag_bound}" if self.collective == "bls" else self.collective
+
+    @property
+    def spec(self) -> str:
+        return f"bls:{self.lag_bound}" if self.collective == "bls" else self.collective
 
 
 @dataclass
@@ -54,21 +118,27 @@ class ModelSpec:
 
 @dataclass
 class RunConfig:
-    """Everything one inference run needs; every key can be overridden with ``--set``."""
+    """Everything one inference launch needs; every key can be overridden with ``--set``.
+
+    ``bls-dlrm infer --help`` lists the keys with their choices (:data:`KEY_HELP`).
+    """
 
     dataset: str = ""  # a dataset directory made by `bls-dlrm make-data` or `criteo`
     model: ModelSpec = field(default_factory=ModelSpec)
-    plan: str = "contiguous"  # table placement: contiguous, balanced, unbalanced
-    collective: str = "bls"  # gloo, mpi or bls
+    plan: str = "contiguous"  # table placement (PLANS)
+    collective: str = "bls"  # gloo, mpi or bls (the one series when `series` is not given)
     lag_bound: int = 0  # L for bls; must be 0 for the synchronous collectives
+    series: list[str] | None = None  # several series in one launch, e.g. [gloo, mpi, "bls:4"]
+    shuffle_seed: int = 0  # series order: default_rng(shuffle_seed + repetition)
     transport: str = "p2p"  # bls transport: p2p or ialltoallv
     timeout_s: float = 300.0  # a blocked exchange raises after this long
     delay: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})  # DelaySpec
     warmup: int = 2  # iterations run but not measured
     iterations: int = 20  # measured iterations
     threads: int = 1  # torch intra-op threads per rank
+    binding: str = "auto"  # how the launcher placed ranks: core, none (auto: from affinity)
     verify_data: bool = True  # hash the dataset files on open
-    repetition: int = 0  # repetition number (recorded; no effect on the run)
+    repetition: int = 0  # repetition number (recorded; seeds the series order)
     run_id: str = ""  # default: the output folder's name
     tags: dict[str, Any] = field(default_factory=dict)  # free-form labels for the tables
 
@@ -87,6 +157,18 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def series_list(self) -> list[Series]:
+        """The series of this launch, in config order."""
+        if self.series is None:
+            return [Series(self.collective, self.lag_bound)]
+        return [Series.parse(text) for text in self.series]
+
+    def series_order(self) -> list[Series]:
+        """The order the series run in: shuffled by ``shuffle_seed + repetition``."""
+        series = self.series_list()
+        rng = np.random.default_rng(self.shuffle_seed + self.repetition)
+        return [series[k] for k in rng.permutation(len(series))]
+
     def validate(self) -> None:
         from .delays import DelaySpec
 
@@ -96,18 +178,35 @@ class RunConfig:
             raise ConfigError(f"collective: {self.collective!r} is not one of {COLLECTIVES}")
         if self.plan not in PLANS:
             raise ConfigError(f"plan: {self.plan!r} is not one of {PLANS}")
-        if not isinstance(self.lag_bound, int) or self.lag_bound < 0:
+        if not _is_int(self.lag_bound) or self.lag_bound < 0:
             raise ConfigError(f"lag_bound: must be an integer >= 0, got {self.lag_bound!r}")
         if self.collective != "bls" and self.lag_bound:
             raise ConfigError(f"lag_bound: {self.collective} is synchronous, lag_bound must be 0")
-        if self.transport not in ("p2p", "ialltoallv"):
+        if self.series is not None:
+            if not isinstance(self.series, list) or not self.series:
+                raise ConfigError(
+                    f"series: a non-empty list like [gloo, mpi, 'bls:4'], got {self.series!r}"
+                )
+            labels = [s.label for s in self.series_list()]
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            if twice:
+                raise ConfigError(f"series: {twice[0]} is listed twice")
+        for key in ("shuffle_seed", "repetition"):
+            value = getattr(self, key)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"{key}: must be an integer >= 0, got {value!r}")
+        if self.transport not in TRANSPORTS:
             raise ConfigError(f"transport: {self.transport!r} is not p2p or ialltoallv")
+        if self.binding not in BINDINGS:
+            raise ConfigError(f"binding: {self.binding!r} is not one of {BINDINGS}")
         for key in ("warmup", "iterations", "threads"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < (1 if key != "warmup" else 0):
+            if not _is_int(value) or value < (1 if key != "warmup" else 0):
                 raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
-        if not self.timeout_s > 0:
+        if not isinstance(self.timeout_s, int | float) or not self.timeout_s > 0:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s!r}")
+        if not isinstance(self.delay, dict):
+            raise ConfigError(f"delay: must be a mapping (kind, size_s, ...), got {self.delay!r}")
         try:
             DelaySpec.from_dict(self.delay)
         except (ValueError, TypeError) as exc:
@@ -124,6 +223,10 @@ class RunConfig:
         if self.model.max_rows is not None:
             overrides["max_rows"] = self.model.max_rows
         return get_config(self.model.name, **overrides)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_keys(data: dict[str, Any], cls: type, prefix: str) -> None:
@@ -186,14 +289,44 @@ def batch_slices(batch_size: int, ranks: int) -> list[tuple[int, int]]:
 
 
 def checksum(predictions) -> str:
-    """Hex digest of the prediction bytes (float32, C order)."""
+    """Hex digest (blake2b, 16 bytes) of the prediction bytes (float32, C order)."""
     return hashlib.blake2b(predictions.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def placement(binding: str = "auto") -> dict[str, Any]:
+    """Where this rank runs: host, its cores (affinity), their number and the binding.
+
+    ``binding="auto"`` reads it off the affinity: a rank allowed on exactly one core of a
+    machine with more is bound ("core"), otherwise "none".
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if binding == "auto":
+        binding = "core" if len(cores) == 1 and (os.cpu_count() or 1) > 1 else "none"
+    return {
+        "host": socket.gethostname(),
+        "cores": cores,
+        "cores_per_rank": len(cores),
+        "binding": binding,
+    }
+
+
+def table_costs(store) -> list[float]:
+    """Expected lookups per batch of every table (mean over the dataset's batches).
+
+    A pure function of the data, so every rank computes the same costs and plan.
+    """
+    total = np.zeros(store.num_tables, dtype=np.float64)
+    for b in range(store.num_batches):
+        total += store.numpy_batch(b)[1].sum(axis=1, dtype=np.int64)
+    return list(total / max(store.num_batches, 1))
 
 
 @dataclass
 class _Pending:
     iteration: int
-    exchange: Any
+    work: Any  # the torch.distributed Work of the exchange
+    recv: Any  # its output tensor
+    send: Any  # its input tensor (kept alive until the Work is finished)
     bottom: Any
     t_start: float
     t_lookup: float
@@ -203,6 +336,23 @@ class _Pending:
     compute_s: float
 
 
+def _new_group(series: Series, cfg: RunConfig):
+    """The process group of one series (collective on every rank, same order)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from .comm import BLSOptions
+
+    timeout = timedelta(seconds=cfg.timeout_s)
+    if series.collective == "bls":
+        options = BLSOptions(
+            lag_bound=series.lag_bound, timeout_s=cfg.timeout_s, transport=cfg.transport
+        )
+        return dist.new_group(backend=series.backend, timeout=timeout, pg_options=options)
+    return dist.new_group(backend=series.backend, timeout=timeout)
+
+
 def run(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -210,14 +360,21 @@ def run(
     predictions_out: str | Path | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Run inference on this rank (under mpiexec); returns this rank's footer as a dict."""
+    """Run every series of ``cfg`` on this rank (under mpiexec).
+
+    Returns ``{"footers": {label: path}, "order": [labels]}`` (and ``"footer"``, the last
+    one's path). With a ``series`` list, logs go to ``out_dir/<label>/`` and predictions
+    (if asked for) to ``predictions_out/<label>/``; without it, to the folders themselves.
+    """
+    from datetime import timedelta
+
     import torch
+    import torch.distributed as dist
     from mpi4py import MPI
 
-    from . import records
-    from .comm import init_torch, make_collective
+    from . import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
     from .data import BatchStore
-    from .delays import DelaySpec, inject
+    from .delays import DelaySpec
     from .model import DenseModel, EmbeddingShard, plan_shards
 
     torch.set_num_threads(cfg.threads)
@@ -225,17 +382,102 @@ def run(
     rank, size = comm.Get_rank(), comm.Get_size()
     mcfg = cfg.model_config()
     store = BatchStore(cfg.dataset, expect_config=mcfg, verify=cfg.verify_data and rank == 0)
-    plan = plan_shards(list(mcfg.rows), size, cfg.plan)
+    costs = table_costs(store) if cfg.plan == "hot" else None
+    plan = plan_shards(list(mcfg.rows), size, cfg.plan, costs=costs)
+    total = cfg.warmup + cfg.iterations
+    delay_spec = DelaySpec.from_dict(cfg.delay)
+    ctx = _Context(
+        cfg=cfg,
+        rank=rank,
+        size=size,
+        store=store,
+        plan=plan,
+        shard=EmbeddingShard(mcfg, plan[rank]),
+        dense_model=DenseModel(mcfg),
+        delays=delay_spec.schedule(size, total),
+        delay_mode=delay_spec.mode,
+        place=placement(cfg.binding),
+        embedding_dim=mcfg.embedding_dim,
+    )
+    multi = cfg.series is not None
+    series = cfg.series_list()
+    order = cfg.series_order()
+
+    own_default = not dist.is_initialized()
+    if own_default:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.timeout_s))
+    groups = {s.label: _new_group(s, cfg) for s in series}  # config order, every rank
+    footers: dict[str, str] = {}
+    try:
+        for index, s in enumerate(order):
+            out = Path(out_dir) / s.label if multi else Path(out_dir)
+            preds = None
+            if predictions_out is not None:
+                preds = Path(predictions_out) / s.label if multi else Path(predictions_out)
+            comm.Barrier()
+            footers[s.label] = str(
+                _run_series(ctx, s, groups[s.label], out, preds, order, index, progress)
+            )
+        comm.Barrier()
+    finally:
+        if own_default:
+            dist.destroy_process_group()
+        else:
+            for group in groups.values():
+                dist.destroy_process_group(group)
+    return {
+        "footers": footers,
+        "order": [s.label for s in order],
+        "footer": footers[order[-1].label],
+    }
+
+
+@dataclass
+class _Context:
+    """What every series of a launch shares: config, data, shards, model, delays, place."""
+
+    cfg: RunConfig
+    rank: int
+    size: int
+    store: Any
+    plan: list[list[int]]
+    shard: Any
+    dense_model: Any
+    delays: np.ndarray
+    delay_mode: str
+    place: dict[str, Any]
+    embedding_dim: int
+
+
+def _run_series(
+    ctx: _Context,
+    series: Series,
+    group,
+    out_dir: Path,
+    predictions_out: Path | None,
+    order: list[Series],
+    index: int,
+    progress: bool | None,
+) -> Path:
+    import torch
+    import torch.distributed as dist
+
+    from . import records
+    from .delays import inject
+
+    cfg, rank, size, store, plan = ctx.cfg, ctx.rank, ctx.size, ctx.store, ctx.plan
+    shard, dense_model, delays = ctx.shard, ctx.dense_model, ctx.delays
+    d = ctx.embedding_dim
     mine = plan[rank]
-    shard = EmbeddingShard(mcfg, mine)
-    dense_model = DenseModel(mcfg)
-    d = mcfg.embedding_dim
     slices = batch_slices(store.batch_size, size)
     lo, hi = slices[rank]
     n_mine = hi - lo
     send_counts = [(b - a) * len(mine) for a, b in slices]
     recv_counts = [n_mine * len(tables) for tables in plan]
+    recv_rows = sum(recv_counts)
     table_counts = [len(tables) for tables in plan]
+    lag_bound = series.lag_bound
+    total = cfg.warmup + cfg.iterations
 
     def received_parts(recv):
         """The exchange's peer blocks as (table ids, (n_mine, |T_p|, d)) for ``top``."""
@@ -245,118 +487,180 @@ def run(
             for tables, block, k in zip(plan, blocks, table_counts, strict=True)
         ]
 
-    total = cfg.warmup + cfg.iterations
-    delays = DelaySpec.from_dict(cfg.delay).schedule(size, total)
-
-    if cfg.collective == "gloo":
-        init_torch("gloo")
-    coll = make_collective(
-        cfg.collective, cfg.lag_bound, timeout=cfg.timeout_s, transport=cfg.transport
-    )
-    run_id = cfg.run_id or Path(out_dir).name
     config_dict = cfg.to_dict() | {
+        "collective": series.collective,
+        "lag_bound": series.lag_bound,
         "ranks": size,
         "batch_size": store.batch_size,
         "plan_tables": plan,
+        "series_label": series.label,
+        "backend": series.backend,
     }
-    lag = cfg.lag_bound if cfg.collective == "bls" else 0
-    comm.Barrier()
     header = records.Header.new(
-        run_id=run_id,
+        run_id=(cfg.run_id + ("-" + series.label if cfg.series is not None else ""))
+        if cfg.run_id
+        else out_dir.name,
         rank=rank,
         world_size=size,
-        collective=cfg.collective,
-        lag_bound=lag,
+        collective=series.collective,
+        lag_bound=series.lag_bound,
         config=config_dict,
+        host=ctx.place["host"],
+        series_order=[s.label for s in order],
+        series_index=index,
+        shuffle_seed=cfg.shuffle_seed,
+        cores=ctx.place["cores"],
+        cores_per_rank=ctx.place["cores_per_rank"],
+        binding=ctx.place["binding"],
     )
     preds_kept = [] if predictions_out is not None else None
-    bar = _progress(rank, total, progress)
-    pending: list[_Pending] = []
+    bar = _progress(rank, total, progress, series.label)
+    pending: deque[_Pending] = deque()
 
-    def finish(done_exchanges, writer) -> None:
-        for ex in done_exchanges:
-            p = pending.pop(0)
-            assert p.exchange is ex
-            t0 = time.monotonic()
-            preds = dense_model.top(p.bottom, received_parts(ex.recv))
-            t_done = time.monotonic()
-            if preds_kept is not None:
-                preds_kept.append(preds.clone())
-            writer.write(
-                records.Iteration(
-                    iteration=p.iteration,
-                    warmup=p.iteration < cfg.warmup,
-                    samples=n_mine,
-                    t_start=p.t_start,
-                    t_lookup=p.t_lookup,
-                    t_posted=p.t_posted,
-                    t_bottom=p.t_bottom,
-                    t_completed=ex.stats.t_complete,
-                    t_done=t_done,
-                    wait_s=ex.stats.wait_s,
-                    delay_s=p.delay_s,
-                    compute_s=p.compute_s + (t_done - t0),
-                    lag=ex.stats.lag,
-                    checksum=checksum(preds),
-                )
+    def finish(p: _Pending, block: bool, writer) -> None:
+        """Complete ``p`` (waiting if ``block``), then its top MLP and log record."""
+        t0 = time.monotonic()
+        wait_s, lag = 0.0, 0
+        if block and not p.work.is_completed():
+            # blocked: this rank is ahead of some peer by the exchanges it has in flight
+            lag = len(pending) + 1
+            p.work.wait()
+            wait_s = time.monotonic() - t0
+        else:
+            p.work.wait()  # already complete: returns at once, releases the buffers
+        t_completed = time.monotonic()
+        # Diagnostics only: a backend whose Work carries its own exchange statistics (bls)
+        # knows the true lag behind the slowest peer; other backends log the loop's view.
+        stats = getattr(getattr(p.work, "exchange", None), "stats", None)
+        if stats is not None and wait_s > 0:
+            lag = int(getattr(stats, "lag", lag))
+        t1 = time.monotonic()
+        preds = dense_model.top(p.bottom, received_parts(p.recv))
+        t_done = time.monotonic()
+        if preds_kept is not None:
+            preds_kept.append(preds.clone())
+        writer.write(
+            records.Iteration(
+                iteration=p.iteration,
+                warmup=p.iteration < cfg.warmup,
+                samples=n_mine,
+                t_start=p.t_start,
+                t_lookup=p.t_lookup,
+                t_posted=p.t_posted,
+                t_bottom=p.t_bottom,
+                t_completed=t_completed,
+                t_done=t_done,
+                wait_s=wait_s,
+                delay_s=p.delay_s,
+                compute_s=p.compute_s + (t_done - t1),
+                lag=lag,
+                checksum=checksum(preds),
             )
-            if bar is not None:
-                bar.update(1)
-                elapsed = bar.format_dict["elapsed"]
-                if elapsed > 0:  # the whole batch, all ranks: rank 0's view of the rate
-                    bar.set_postfix_str(f"{bar.n * store.batch_size / elapsed:,.0f} samples/s")
+        )
+        if bar is not None:
+            bar.update(1)
+            elapsed = bar.format_dict["elapsed"]
+            if elapsed > 0:  # the whole batch, all ranks: rank 0's view of the rate
+                bar.set_postfix_str(f"{bar.n * store.batch_size / elapsed:,.0f} samples/s")
 
     with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
         for i in range(total):
             t_start = time.monotonic()
-            delay_s = inject(delays[rank, i]) if delays[rank, i] > 0 else 0.0
+            delay_s = inject(delays[rank, i], ctx.delay_mode) if delays[rank, i] > 0 else 0.0
             t_work = time.monotonic()
             batch = store.batch(i % store.num_batches)
-            embedded = shard.lookup(batch.sparse)  # (B, len(mine), d)
+            send = shard.lookup(batch.sparse).view(-1, d)  # (B * len(mine), d)
             t_lookup = time.monotonic()
-            ex = coll.post(embedded.view(-1, d), send_counts, recv_counts)
-            t_posted = ex.stats.t_posted  # a synchronous collective completes inside post
-            t_bottom_start = time.monotonic()
+            recv = torch.empty((recv_rows, d), dtype=send.dtype)
+            work = dist.all_to_all_single(
+                recv, send, recv_counts, send_counts, group=group, async_op=True
+            )
+            t_posted = time.monotonic()
             bottom = dense_model.bottom(batch.dense[lo:hi])
             t_bottom = time.monotonic()
-            compute = (t_lookup - t_work) + (t_bottom - t_bottom_start)
+            compute = (t_lookup - t_work) + (t_bottom - t_posted)
             pending.append(
-                _Pending(i, ex, bottom, t_start, t_lookup, t_posted, t_bottom, delay_s, compute)
-            )
-            # what the lag bound requires, then whatever has already arrived (never waits)
-            finish(coll.trim() + coll.poll(), writer)
-        finish(coll.drain(), writer)
+                _Pending(
+                    i, work, recv, send, bottom, t_start, t_lookup, t_posted, t_bottom,
+                    delay_s, compute,
+                )
+            )  # fmt: skip
+            while len(pending) > lag_bound:  # the lag bound: wait the oldest
+                finish(pending.popleft(), True, writer)
+            while pending and pending[0].work.is_completed():  # arrived already: no wait
+                finish(pending.popleft(), False, writer)
+        while pending:  # drain
+            finish(pending.popleft(), True, writer)
         footer = writer.close()
-    coll.close()
-    if cfg.collective == "gloo":
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     if bar is not None:
         bar.close()
     if preds_kept is not None:
-        out = Path(predictions_out)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"preds_rank{rank}.npy", torch.stack(preds_kept).numpy())
-    return {"footer": str(footer)}
+        predictions_out.mkdir(parents=True, exist_ok=True)
+        np.save(predictions_out / f"preds_rank{rank}.npy", torch.stack(preds_kept).numpy())
+    return footer
 
 
-def _progress(rank: int, total: int, enabled: bool | None):
+def _progress(rank: int, total: int, enabled: bool | None, label: str = "infer"):
     if rank != 0:
         return None
     from tqdm import tqdm
 
     disable = None if enabled is None else not enabled  # None: only on a terminal
-    return tqdm(total=total, desc="infer", unit="it", disable=disable, file=sys.stderr)
+    return tqdm(total=total, desc=label, unit="it", disable=disable, file=sys.stderr)
 
 
 # -- command line ------------------------------------------------------------------------
 
 
+def keys_help() -> str:
+    """The run keys with their choices and defaults (the epilog of ``infer --help``)."""
+    from .delays import DISTRIBUTIONS, KINDS, MODES
+
+    d = RunConfig()
+
+    def join(xs) -> str:
+        return ", ".join(xs)
+
+    return f"""run keys (YAML file and/or --set KEY=VALUE, dotted for nested keys):
+  dataset         dataset directory (bls-dlrm make-data or criteo); required
+  model.name      tiny, kaggle or terabyte (default {d.model.name})
+  model.max_rows  cap on rows per table (default: none)
+  model.seed      weight seed (default {d.model.seed})
+  plan            table placement: {join(PLANS)} (default {d.plan})
+  series          series of this launch, a list of gloo, mpi, bls:L (L = lag bound >= 0),
+                  e.g. [gloo, mpi, "bls:0", "bls:1", "bls:4"]; logs go to OUT/<label>/
+                  (labels gloo, mpi, bls-L4). Default: the one series collective/lag_bound,
+                  logs in OUT
+  collective      {join(COLLECTIVES)} (default {d.collective}): torch.distributed backends
+                  {join(BACKENDS[c] for c in COLLECTIVES)}; used when series is not given
+  lag_bound       L >= 0 for bls, 0 for gloo and mpi (default {d.lag_bound})
+  shuffle_seed    seed of the series order, default_rng(shuffle_seed + repetition)
+                  (default {d.shuffle_seed})
+  repetition      repetition number, >= 0 (default {d.repetition})
+  transport       bls transport: {join(TRANSPORTS)} (default {d.transport})
+  timeout_s       seconds before a blocked exchange raises (default {d.timeout_s:g})
+  delay.kind      {join(KINDS)} (default none)
+  delay.mode      {join(MODES)}: compute on the rank's core or sleep (default busy)
+  delay.size_s    delay in seconds; delay.seed, delay.ranks (straggler), delay.p,
+                  delay.distribution ({join(DISTRIBUTIONS)}), delay.sigma (random),
+                  delay.factors (heterogeneous), delay.path (trace .npy/.csv)
+  warmup          unmeasured iterations (default {d.warmup})
+  iterations      measured iterations (default {d.iterations})
+  threads         torch threads per rank (default {d.threads})
+  binding         how the launcher placed ranks: {join(BINDINGS)} (default {d.binding}:
+                  "core" when this rank may run on one core only); launch with
+                  mpiexec -bind-to core
+  verify_data     hash the dataset files on open (default {str(d.verify_data).lower()})
+  run_id, tags    labels for the tables
+"""
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="bls-dlrm infer", description=__doc__)
+    p = parser or argparse.ArgumentParser(prog="bls-dlrm infer")
+    p.description = __doc__
+    p.epilog = keys_help()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--config", type=Path, help="YAML run config (keys: see RunConfig)")
+    p.add_argument("--config", type=Path, help="YAML run config (run keys: below)")
     p.add_argument(
         "--set",
         dest="overrides",

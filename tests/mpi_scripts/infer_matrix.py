@@ -1,6 +1,8 @@
-"""Run every collective x lag bound x plan on the same data in one launch.
+"""Run every series (collective x lag bound) for every plan on the same data, one launch.
 
-argv: dataset_dir out_root. Writes out_root/<plan>/<collective>-<L>/preds_rank{r}.npy.
+argv: dataset_dir out_root series... Writes out_root/<plan>/logs/<label>/rank{r}.jsonl and
+out_root/<plan>/preds/<label>/preds_rank{r}.npy: one call of ``run`` per plan, all series
+on their own process groups, in a shuffled order.
 """
 
 import sys
@@ -8,23 +10,21 @@ from pathlib import Path
 
 from bls_dlrm.infer import RunConfig, run
 
-dataset, out_root = sys.argv[1], Path(sys.argv[2])
-cases = [("gloo", 0), ("mpi", 0)] + [("bls", lag) for lag in (0, 1, 2, 4, 8)]
-for plan in ("contiguous", "balanced", "unbalanced"):
-    for collective, lag in cases:
-        cfg = RunConfig.from_dict(
-            {
-                "dataset": dataset,
-                "model": {"name": "tiny"},
-                "plan": plan,
-                "collective": collective,
-                "lag_bound": lag,
-                "delay": {"kind": "rotating", "size_s": 0.002, "seed": 3},
-                "warmup": 1,
-                "iterations": 5,
-                "timeout_s": 60,
-                "verify_data": False,
-            }
-        )
-        name = f"{collective}-{lag}"
-        run(cfg, out_root / plan / name / "logs", predictions_out=out_root / plan / name)
+dataset, out_root, series = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+for k, plan in enumerate(("contiguous", "balanced", "unbalanced", "hot")):
+    cfg = RunConfig.from_dict(
+        {
+            "dataset": dataset,
+            "model": {"name": "tiny"},
+            "plan": plan,
+            "series": series,
+            "shuffle_seed": 7,
+            "repetition": k,
+            "delay": {"kind": "rotating", "size_s": 0.002, "seed": 3},
+            "warmup": 1,
+            "iterations": 5,
+            "timeout_s": 60,
+            "verify_data": False,
+        }
+    )
+    run(cfg, out_root / plan / "logs", predictions_out=out_root / plan / "preds")

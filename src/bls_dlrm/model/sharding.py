@@ -14,6 +14,13 @@ bytes of the alltoallv each rank owns, and so whether ranks run balanced or not.
   (``ceil(T / 2)``, but leaving at least one table to every other rank); the rest are
   placed ``balanced`` among ranks 1..P-1. Rank 0 then does about half the lookups and
   sends about half the exchanged bytes: a built-in straggler without injected delays.
+- ``hot``: the hot tables together. Tables by decreasing cost fill rank 0 until it holds
+  about ``1/P`` of the total cost, then rank 1, and so on (the last rank takes the rest).
+  Expected costs stay roughly balanced, but the few most expensive tables share a rank
+  while the many cheap ones spread over the others. With per-batch pooling skew (the cost
+  of a table varies from batch to batch, more so the hotter it is) the rank of the hot
+  tables is the slow one in some iterations and the fast one in others: ranks unbalanced
+  iteration by iteration, not on average. Pass ``costs`` = expected lookups per batch.
 
 Every plan lists each table exactly once and gives every rank at least one table (fewer
 tables than ranks is an error). Each rank's list is in increasing table order. Plans are
@@ -27,7 +34,7 @@ from collections.abc import Sequence
 
 __all__ = ["PLAN_KINDS", "plan_shards"]
 
-PLAN_KINDS = ("contiguous", "balanced", "unbalanced")
+PLAN_KINDS = ("contiguous", "balanced", "unbalanced", "hot")
 
 
 def _contiguous(num_tables: int, ranks: int) -> list[list[int]]:
@@ -48,6 +55,23 @@ def _greedy(tables: Sequence[int], costs: Sequence[float], ranks: int) -> list[l
         r = min(range(ranks), key=lambda q: (load[q], len(plan[q]), q))
         plan[r].append(t)
         load[r] += costs[t]
+    return [sorted(p) for p in plan]
+
+
+def _hot(costs: Sequence[float], ranks: int) -> list[list[int]]:
+    num_tables = len(costs)
+    order = sorted(range(num_tables), key=lambda t: (-costs[t], t))
+    target = sum(costs) / ranks
+    plan: list[list[int]] = [[] for _ in range(ranks)]
+    r, load = 0, 0.0
+    for placed, t in enumerate(order):
+        if plan[r] and r < ranks - 1:
+            full = load + costs[t] / 2 > target  # adding t would overshoot more than undershoot
+            needed = num_tables - placed <= ranks - 1 - r  # later ranks need the rest
+            if full or needed:
+                r, load = r + 1, 0.0
+        plan[r].append(t)
+        load += costs[t]
     return [sorted(p) for p in plan]
 
 
@@ -81,6 +105,8 @@ def plan_shards(
         return _contiguous(num_tables, ranks)
     if kind == "balanced":
         return _greedy(range(num_tables), costs, ranks)
+    if kind == "hot":
+        return _hot(costs, ranks)
     # unbalanced
     if ranks == 1:
         return [list(range(num_tables))]
