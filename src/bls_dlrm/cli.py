@@ -9,14 +9,26 @@ Subcommands, in the order the workflow uses them:
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
 - ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
+
+Errors in a multi-rank run: an exception on any rank (a timeout, a count mismatch, an error
+in the model code) is printed with the rank and ends the whole MPI job
+(``MPI.COMM_WORLD.Abort``), so that every rank exits non-zero within seconds of the first
+error, even when a peer is stuck (alive but not posting) and would otherwise keep the others
+waiting in ``MPI_Finalize``. Logs of such a run stay ``rank*.jsonl.partial``. Errors found
+before any MPI work (a bad config or option) end with exit status 2, as in a single process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
+
+# Set by MPICH's hydra (and other PMI launchers) in every rank it starts.
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "MPI_LOCALNRANKS")
 
 
 def _make_data(args: argparse.Namespace) -> int:
@@ -176,9 +188,65 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except SystemExit as exc:
+        if exc.code not in (None, 0) and _mpi_started():
+            abort_job(args.command, exc)
+        raise
     except (ValueError, FileNotFoundError) as exc:
+        if _mpi_started():  # after MPI work began: a peer may be waiting for this rank
+            abort_job(args.command, exc)
+        # before any MPI work: a bad option or config, exit 2 on every rank (as in one process)
         print(f"bls-dlrm {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:
+        if _mpi_started() or _launched_ranks() > 1:
+            abort_job(args.command, exc)
+        raise
+
+
+def _launched_ranks() -> int:
+    """World size announced by an MPI launcher in the environment (1 if none)."""
+    for var in _LAUNCHER_SIZE_VARS:
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def _mpi_started() -> bool:
+    """True once this process has initialised MPI (and not yet finalised it).
+
+    Never imports mpi4py itself: initialising MPI only to ask would make a rank wait for
+    its peers in ``MPI_Init``.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+
+
+def abort_job(command: str, exc: BaseException) -> None:
+    """Print ``exc`` with this rank's number and end the whole MPI job, if it has peers.
+
+    Returns (without aborting) when the world has one rank, so the caller goes on with the
+    single-process behaviour. MPI is initialised here if the error came before it was: the
+    peers are then in (or on their way to) ``MPI_Init`` and the abort reaches them too.
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size <= 1:
+        return
+    traceback.print_exception(exc, file=sys.stderr)
+    what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else str(exc)
+    print(
+        f"bls-dlrm {command}: rank {rank} of {size} failed: {what}\n"
+        f"bls-dlrm {command}: aborting all {size} ranks (MPI_Abort)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm.Abort(1)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,27 @@ def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def mpiexec_command(nprocs: int, argv: Sequence[str]) -> list[str]:
-    """``mpiexec -n P argv...``; ``argv[0]`` may be ``python`` to mean this interpreter."""
+BINDINGS = ("core", "none")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's core count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def mpiexec_command(nprocs: int, argv: Sequence[str], bind: str | None = None) -> list[str]:
+    """``mpiexec [-bind-to core] -n P argv...``; ``argv[0]`` may be ``python`` for this interpreter.
+
+    ``bind="core"`` pins each rank to one core (MPICH hydra's ``-bind-to core``; ranks beyond
+    the usable cores wrap around and share); ``None`` or ``"none"`` leaves placement to the OS.
+    """
     if nprocs < 1:
         raise ValueError(f"need at least one rank, got {nprocs}")
+    if bind is not None and bind not in BINDINGS:
+        raise ValueError(f"bind must be one of {BINDINGS} or None, got {bind!r}")
     args = [sys.executable if a == "python" else a for a in argv]
-    return [str(mpiexec_path()), "-n", str(nprocs), *args]
+    binding = ["-bind-to", "core"] if bind == "core" else []
+    return [str(mpiexec_path()), *binding, "-n", str(nprocs), *args]
 
 
 def run_mpi(
@@ -54,9 +69,13 @@ def run_mpi(
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     check: bool = True,
+    bind: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``argv`` on ``nprocs`` ranks; output captured, ranks killed at ``timeout``."""
-    cmd = mpiexec_command(nprocs, argv)
+    """Run ``argv`` on ``nprocs`` ranks; output captured, ranks killed at ``timeout``.
+
+    ``bind`` as in :func:`mpiexec_command`.
+    """
+    cmd = mpiexec_command(nprocs, argv, bind=bind)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
