@@ -174,14 +174,16 @@ if rank != slow:
 MPI.COMM_WORLD.Barrier()  # only now does the slow rank post anything
 if rank == slow:
     works = [dist.all_to_all_single(outs[k], x[k], async_op=True) for k in range(4)]
-works.append(dist.all_to_all_single(outs[4], x[4], async_op=True))  # completes the oldest
-assert eng.in_flight == 4 and works[0].is_completed()
+# completes the oldest (and, driving progress, whatever else has arrived)
+works.append(dist.all_to_all_single(outs[4], x[4], async_op=True))
+assert eng.in_flight <= 4 and works[0].is_completed()
 for k in reversed(range(5)):  # a wait also completes the older ones, in order
     works[k].wait()
     exp = torch.cat([piece(s, rank, 1, torch.float32, 900 + k) for s in range(P)])
     assert torch.equal(outs[k], exp), k
 assert eng.in_flight == 0 and all(w.is_completed() for w in works)
-lags = [s.lag for s in eng.history]
+assert not eng.history  # none kept: a serving process posts millions of exchanges
+lags = [w.exchange.stats.lag for w in works]
 if rank != slow:
     assert max(lags) >= 1, lags
 
@@ -304,12 +306,12 @@ x = [torch.cat([piece(rank, d, 2, torch.int64, 50 + k) for d in members]) for k 
 outs = [torch.empty(4, 3, dtype=torch.int64) for _ in range(L + 2)]
 works = [dist.all_to_all_single(outs[k], x[k], group=mine_group, async_op=True)
          for k in range(L + 1)]
-assert mine_group.engine.in_flight == L + 1  # none waited for: the subgroup's own bound
+assert mine_group.engine.in_flight <= L + 1  # none waited for: the subgroup's own bound
 t = torch.ones(3) * rank
 dist.all_reduce(t)  # the world group works while the subgroup has exchanges in flight
 assert torch.equal(t, torch.ones(3) * sum(range(P)))
 works.append(dist.all_to_all_single(outs[-1], x[-1], group=mine_group, async_op=True))
-assert mine_group.engine.in_flight == L + 1 and works[0].is_completed()
+assert mine_group.engine.in_flight <= L + 1 and works[0].is_completed()
 works[-1].wait()
 for k in range(L + 2):
     exp = torch.cat([piece(s, rank, 2, torch.int64, 50 + k) for s in members])
@@ -330,7 +332,7 @@ if rank == 0:
     raises(ValueError, dist.all_to_all_single, i8, i8, [2] * P, [-1, 3, 3, 3], match="negative")
     raises(ValueError, dist.all_to_all_single, torch.zeros(5), torch.zeros(5), match="divisible")
     raises(ValueError, dist.all_to_all_single, torch.zeros(8, 2), torch.zeros(8, 3),
-           match="rows")
+           match="elements")
     raises(ValueError, dist.all_to_all, [i8] * P, [i8] * (P - 1))
     raises((TypeError, ValueError), dist.all_to_all, [i8] * P, [f8] + [i8] * (P - 1))
     assert eng.posted == before and eng.in_flight == 0

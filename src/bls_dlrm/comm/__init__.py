@@ -1,10 +1,13 @@
 """The paper's contribution: the BLS alltoallv and its synchronous baselines.
 
-Importing this package registers the torch.distributed backend "bls".
+Importing this package registers the torch.distributed backends "bls" (the BLS
+alltoallv) and "mpisync" (MPI's own synchronous ``Alltoallv``, since pip torch has no MPI
+backend); both rendezvous through ``mpiexec`` without ``MASTER_ADDR``.
 
 - :class:`BLSAlltoallv` — the engine, for numpy or torch code (``post`` / ``trim`` / ``drain``)
 - :func:`make_collective` — "gloo", "mpi" or "bls" behind that one interface
 - :class:`BLSOptions` — per-group options of the torch backend (``pg_options=``)
+- :class:`MPISyncOptions` — per-group options of the "mpisync" backend
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from .engine import (
     ExchangeStats,
 )
 from .torch_backend import BACKEND_NAME, LAG_BOUND_ENV, BLSOptions, ProcessGroupBLS, register
+from .torch_common import CollectiveTimeoutError
+from .torch_mpi import MPI_BACKEND_NAME, MPISyncOptions, ProcessGroupMPISync
+from .torch_mpi import register as register_mpisync
 
 register()
+register_mpisync()
 
 
 def init_torch(backend: str = BACKEND_NAME, **kwargs) -> None:
@@ -37,6 +44,7 @@ __all__ = [
     "BACKEND_NAME",
     "COLLECTIVES",
     "LAG_BOUND_ENV",
+    "MPI_BACKEND_NAME",
     "BLSAlltoallv",
     "BLSClosedError",
     "BLSCountError",
@@ -44,12 +52,16 @@ __all__ = [
     "BLSOptions",
     "BLSTimeoutError",
     "Backoff",
+    "CollectiveTimeoutError",
     "Exchange",
     "ExchangeStats",
+    "MPISyncOptions",
     "ProcessGroupBLS",
+    "ProcessGroupMPISync",
     "SyncGloo",
     "SyncMPI",
     "init_torch",
     "make_collective",
     "register",
+    "register_mpisync",
 ]

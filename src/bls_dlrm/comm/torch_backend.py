@@ -7,22 +7,51 @@
 is deferred: code that keeps up to ``L + 1`` Works alive lets a slow peer fall ``L``
 exchanges behind; posting one more first completes the oldest. The lag bound of a group is
 ``BLSOptions.lag_bound`` (``pg_options=`` of ``init_process_group``/``new_group``), else the
-environment variable ``BLS_LAG_BOUND``, else 0.
+environment variable ``BLS_LAG_BOUND``, else 0. Input and output may have different shapes
+as with gloo: split sizes count rows of each tensor's first dimension.
 
-The other collectives that DDP and user code need (``all_to_all``, ``all_reduce``,
-``all_gather``, ``broadcast``, ``barrier``, ``send``/``recv``, ``reduce``, ``gather``,
-``scatter``, ``reduce_scatter``) are synchronous and wait politely (no spinning). Reductions
-gather every rank's tensor and reduce in rank order, so every rank gets the same bits and
-every dtype (bfloat16 included) works.
+How progress is driven. The engine has no background thread, by design (a progress
+thread costs every exchange on a small machine). Instead every call into a "bls" group
+drives progress on all of that group's in-flight exchanges before it does anything
+else: posting any collective (``all_to_all_single``, ``all_reduce``, ``send``, ...),
+``Work.wait()`` and ``Work.is_completed()`` of any Work of the group each first run the
+engine's nonblocking ``poll()``, which completes in order the exchanges whose data has
+arrived and releases the send buffers whose pieces have left. So unmodified torch code
+that only posts and waits (for example keeping ``L + 1`` Works and waiting the oldest)
+gets the full masking; it never has to poll. While a call blocks (a wait, or a post
+held at the lag bound) the engine tests its requests, yields the core, then sleeps with
+a short back-off (no spinning). Progress is per group: a call into one group does not
+poll another group's exchanges.
 
-Futures are returned complete: the engine has no background thread, by design, so
-``get_future`` first completes the exchange (and the older ones).
+Failures follow torch's protocol. ``Work.wait(timeout)`` waits at most ``timeout``
+(a zero timeout, the default, means the group's: ``BLSOptions.timeout_s``, else the
+``timeout=`` of ``init_process_group``/``new_group``). A timeout raises a
+``BLSTimeoutError`` that is also a :class:`torch.distributed.DistBackendError` and names
+the exchange, the missing peers and the lag; afterwards the Work is completed,
+``is_success()`` is false and ``exception()`` returns that error. A timed-out exchange
+stays posted in the engine: the group is not usable for a consistent exchange sequence
+afterwards, and a multi-rank run should end (the DLRM loop aborts the MPI job).
+
+The other collectives (``all_to_all``, ``all_reduce``, ``all_gather``, ``broadcast``,
+``barrier``, ``send``/``recv``/``recv`` from any source, ``reduce``, ``gather``,
+``scatter``, ``reduce_scatter``) are synchronous, wait politely, and are shared with the
+"mpisync" backend (:mod:`bls_dlrm.comm.torch_common`). ``barrier`` first completes every
+exchange of the group in flight, sends included, as gloo's barrier waits for earlier
+asynchronous work.
+
+Futures are returned complete: ``get_future`` first completes the exchange (and the older
+ones). The engine keeps no per-exchange history (``keep_history=False``); the statistics
+of an exchange are on its Work (``work.exchange.stats``).
+
+Lifetime: ``destroy_process_group`` completes what is in flight and frees the group's MPI
+communicators (also when completing fails). ``abort`` waits for nothing and keeps
+every buffer an in-flight request may still touch referenced until the process ends.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,12 +60,21 @@ import torch.distributed as dist
 from mpi4py import MPI
 from torch.futures import Future
 
-from .engine import Backoff, BLSAlltoallv, BLSClosedError, BLSTimeoutError, Exchange
+from .engine import BLSAlltoallv, BLSClosedError, BLSError, BLSTimeoutError, Exchange
+from .torch_common import (
+    _PARKED,
+    DoneWork,
+    MPIProcessGroup,
+    a2a_element_counts,
+    as_dist_error,
+    group_comm,
+    group_timeout,
+    overlaps,
+    timeout_seconds,
+)
 
 BACKEND_NAME = "bls"
 LAG_BOUND_ENV = "BLS_LAG_BOUND"
-
-_world_comm: MPI.Comm | None = None  # COMM_WORLD reordered by torch rank
 
 
 @dataclass
@@ -66,38 +104,29 @@ def default_lag_bound() -> int:
     return value
 
 
+# The engine's per-call timeout (``Exchange.wait(timeout=)``); an engine without it gets
+# its ``timeout`` attribute set for the duration of the call.
+_ENGINE_TIMEOUT_KW = "timeout" in inspect.signature(Exchange.wait).parameters
+
+
+def _engine_wait(engine: BLSAlltoallv, exchange: Exchange, seconds: float | None) -> None:
+    if seconds is None:
+        exchange.wait()
+    elif _ENGINE_TIMEOUT_KW:
+        exchange.wait(timeout=seconds)
+    else:
+        saved = engine.timeout
+        engine.timeout = seconds
+        try:
+            exchange.wait()
+        finally:
+            engine.timeout = saved
+
+
 # -- Work --------------------------------------------------------------------------------
 
 
-class _DoneWork(dist.Work):
-    """A finished operation (the synchronous collectives)."""
-
-    def __init__(self, result: list[torch.Tensor] | None = None):
-        super().__init__()
-        self._result = result or []
-
-    def wait(self, timeout: timedelta = timedelta(0)) -> bool:
-        return True
-
-    def is_completed(self) -> bool:
-        return True
-
-    def is_success(self) -> bool:
-        return True
-
-    def exception(self):
-        return None
-
-    def result(self) -> list[torch.Tensor]:
-        return self._result
-
-    def get_future(self) -> Future:
-        fut: Future = Future()
-        fut.set_result(self._result)
-        return fut
-
-
-class BLSWork(_DoneWork):
+class BLSWork(DoneWork):
     """A posted BLS exchange; ``wait`` completes it (and older ones) in order."""
 
     def __init__(self, pg: ProcessGroupBLS, exchange: Exchange, output: torch.Tensor):
@@ -108,18 +137,33 @@ class BLSWork(_DoneWork):
 
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
         """Complete the exchange (and older ones); afterwards input and output are free."""
-        if not (self.exchange.done and self.exchange.sent):
-            self.exchange.wait()
+        if self._error is not None:
+            raise self._error
+        ex = self.exchange
+        if not (ex.done and ex.sent):
+            pg = self._pg
+            engine = pg._engine_or_raise()
+            try:
+                engine.poll()
+                if not (ex.done and ex.sent):
+                    _engine_wait(engine, ex, timeout_seconds(timeout))
+            except BLSTimeoutError as exc:
+                raise self._fail(as_dist_error(exc)) from None
+            except BLSError as exc:
+                raise self._fail(exc) from None
         self._finish()
         return True
 
     def _finish(self) -> None:
         if self._copy_out is not None:
-            self._copy_out.copy_(self.exchange.recv)
+            out = self._copy_out.detach()
+            out.copy_(self.exchange.recv.view(out.shape))
             self._copy_out = None
 
     def is_completed(self) -> bool:
-        """Non-blocking: drives progress, true once both buffers are free again."""
+        """Non-blocking: drives progress, true once both buffers are free again (or failed)."""
+        if self._error is not None:
+            return True
         ex = self.exchange
         if not (ex.done and ex.sent) and not self._pg.closed:
             self._pg._engine_or_raise().poll()
@@ -128,67 +172,31 @@ class BLSWork(_DoneWork):
         return ex.done and ex.sent
 
     def get_future(self) -> Future:
-        self.wait()
-        return super().get_future()
-
-
-class _RequestWork(_DoneWork):
-    """A point-to-point operation in flight; ``wait`` completes it (politely)."""
-
-    def __init__(
-        self,
-        pg: ProcessGroupBLS,
-        req: MPI.Request,
-        what: str,
-        result: list[torch.Tensor],
-        buf: torch.Tensor,
-        copy_to: torch.Tensor | None = None,
-    ):
-        super().__init__(result)
-        self._pg, self._req, self._what = pg, req, what
-        self._buf, self._copy_to = buf, copy_to  # MPI's buffer stays alive until done
-        self._done = False
-
-    def wait(self, timeout: timedelta = timedelta(0)) -> bool:
-        if not self._done:
-            self._pg._wait(self._req, self._what)
-            self._finish()
-        return True
-
-    def is_completed(self) -> bool:
-        if not self._done and self._req.Test():
-            self._finish()
-        return self._done
-
-    def _finish(self) -> None:
-        self._done = True
-        if self._copy_to is not None:
-            self._copy_to.copy_(self._buf)
-        self._buf = self._copy_to = None
-
-    def get_future(self) -> Future:
-        self.wait()
-        return super().get_future()
+        fut: Future = Future()
+        try:
+            self.wait()
+        except Exception as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(self._result)
+        return fut
 
 
 # -- the process group -------------------------------------------------------------------
 
 
-class ProcessGroupBLS(dist.ProcessGroup):
+class ProcessGroupBLS(MPIProcessGroup):
     """A torch ProcessGroup whose all-to-all is the BLS alltoallv over MPI."""
 
     def __init__(self, comm: MPI.Comm, options: BLSOptions, timeout: timedelta):
-        super().__init__(comm.Get_rank(), comm.Get_size())
-        self._comm = comm
         lag = options.lag_bound if options.lag_bound is not None else default_lag_bound()
         seconds = options.timeout_s
         if seconds is None:
-            seconds = timeout.total_seconds() if timeout.total_seconds() > 0 else None
-        self.timeout_s = seconds
+            seconds = group_timeout(timeout)
+        super().__init__(comm, seconds)
         self.options = options
-        self._backoff = Backoff()
         self._engine: BLSAlltoallv | None = BLSAlltoallv(
-            comm, lag, timeout=seconds, transport=options.transport
+            comm, lag, timeout=seconds, transport=options.transport, keep_history=False
         )
 
     # torch asks for these
@@ -203,64 +211,66 @@ class ProcessGroupBLS(dist.ProcessGroup):
     def engine(self) -> BLSAlltoallv:
         return self._engine_or_raise()
 
-    @property
-    def closed(self) -> bool:
-        return self._engine is None
+    def _closed_error(self) -> Exception:
+        return BLSClosedError("the 'bls' process group was destroyed")
 
     def _engine_or_raise(self) -> BLSAlltoallv:
         if self._engine is None:
             raise BLSClosedError("the 'bls' process group was destroyed")
         return self._engine
 
-    def shutdown(self) -> None:
-        if self._engine is not None:
+    # -- progress and lifetime ---------------------------------------------------------------
+
+    def _progress(self) -> None:
+        self._engine.poll()
+        if self._pending:
+            super()._progress()
+
+    def _quiesce(self) -> None:
+        try:
+            self._engine.drain()
+        except BLSTimeoutError as exc:
+            raise as_dist_error(exc) from None
+
+    def _close_resources(self) -> None:
+        try:
+            super()._close_resources()  # drains the engine (barrier's _quiesce)
+        finally:
             engine, self._engine = self._engine, None
             engine.close()
-            if self._comm not in (MPI.COMM_NULL, MPI.COMM_WORLD):
-                self._comm.Free()
 
     def abort(self) -> None:
-        self._engine = None
+        """Give up at once: in-flight exchanges are not completed.
 
-    # -- waiting ---------------------------------------------------------------------------
-
-    def _wait(self, req: MPI.Request, what: str) -> None:
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        if not self._backoff.wait(req.Test, deadline):
-            raise TimeoutError(f"'bls' {what} did not complete within {self.timeout_s:g} s")
-
-    def _allgather_bytes(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every rank's copy of ``tensor`` stacked in rank order (shape (P, *shape))."""
-        self._engine_or_raise()
-        src = tensor.detach().contiguous()
-        out = torch.empty((self.size(), *src.shape), dtype=src.dtype)
-        req = self._comm.Iallgather([_bytes(src), MPI.BYTE], [_bytes(out), MPI.BYTE])
-        self._wait(req, "allgather")
-        return out
+        Their buffers and requests (and the engine's communicator) stay referenced until
+        the process ends, so MPI never touches freed memory.
+        """
+        if self._closed:
+            return
+        engine, self._engine = self._engine, None
+        try:
+            if engine is not None:
+                _PARKED.append(engine)
+                if hasattr(engine, "abort"):
+                    engine.abort()  # cancels the receives that have not matched
+        finally:
+            super().abort()
 
     # -- all-to-all --------------------------------------------------------------------------
 
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts):
         engine = self._engine_or_raise()
-        if output.dtype != input.dtype:
-            raise TypeError(f"all_to_all_single: output is {output.dtype}, input is {input.dtype}")
-        if output.dim() == 0 or input.dim() == 0:
-            raise ValueError("all_to_all_single needs tensors with at least one dimension")
-        if tuple(output.shape[1:]) != tuple(input.shape[1:]):
-            raise ValueError(
-                f"all_to_all_single: output rows {tuple(output.shape[1:])} differ from "
-                f"input rows {tuple(input.shape[1:])}"
-            )
-        p = self.size()
-        send_counts = _splits(input, input_split_sizes, p, "input")
-        recv_counts = _splits(output, output_split_sizes, p, "output")
-        send = input
-        if _overlaps(output, input) or not input.is_contiguous():
-            send = input.contiguous().clone()  # receives would overwrite what is still sent
-        recv, copy_out = output, None
-        if not output.is_contiguous():
-            recv, copy_out = torch.empty_like(output, memory_format=torch.contiguous_format), output
-        exchange = engine.post(send, send_counts, recv_counts, recv)
+        send_counts, recv_counts = a2a_element_counts(
+            output, input, output_split_sizes, input_split_sizes, self.size()
+        )
+        engine.poll()
+        send = input.detach()
+        if overlaps(output, input) or not send.is_contiguous():
+            send = send.contiguous().clone()  # receives would overwrite what is still sent
+        recv, copy_out = output.detach(), None
+        if not recv.is_contiguous():
+            recv, copy_out = torch.empty_like(recv, memory_format=torch.contiguous_format), output
+        exchange = engine.post(send.reshape(-1), send_counts, recv_counts, recv.reshape(-1))
         work = BLSWork(self, exchange, output)
         work._copy_out = copy_out
         return work
@@ -281,198 +291,27 @@ class ProcessGroupBLS(dist.ProcessGroup):
         for t in (*input_tensors, *output_tensors):
             if t.dtype != dtype:
                 raise TypeError(f"all_to_all: mixed dtypes {dtype} and {t.dtype}")
+        engine.poll()
         send = torch.cat([t.detach().reshape(-1) for t in input_tensors])
         send_counts = [t.numel() for t in input_tensors]
         recv_counts = [t.numel() for t in output_tensors]
         exchange = engine.post(send, send_counts, recv_counts)
-        engine.complete_until(exchange.iteration)
+        try:
+            _engine_wait(engine, exchange, None)
+        except BLSTimeoutError as exc:
+            raise as_dist_error(exc) from None
         for out, piece in zip(output_tensors, exchange.recv.split(recv_counts), strict=True):
-            out.copy_(piece.view(out.shape))
-        return _DoneWork(list(output_tensors))
-
-    # -- reductions and the rest (synchronous) -----------------------------------------------
-
-    def allreduce(self, tensors, opts):
-        for t in tensors:
-            t.copy_(_reduce(self._allgather_bytes(t), opts.reduceOp))
-        return _DoneWork(list(tensors))
-
-    def allreduce_coalesced(self, tensors, opts):
-        return self.allreduce(tensors, opts)
-
-    def reduce(self, tensors, opts):
-        for t in tensors:
-            result = _reduce(self._allgather_bytes(t), opts.reduceOp)
-            if self.rank() == opts.rootRank:
-                t.copy_(result)
-        return _DoneWork(list(tensors))
-
-    def allgather(self, output_tensors, input_tensors, opts):
-        for outs, t in zip(output_tensors, input_tensors, strict=True):
-            if len(outs) != self.size():
-                raise ValueError(f"all_gather needs {self.size()} output tensors")
-            stacked = self._allgather_bytes(t)
-            for out, piece in zip(outs, stacked, strict=True):
-                out.copy_(piece)
-        return _DoneWork([o for outs in output_tensors for o in outs])
-
-    def _allgather_base(self, output, input, opts):
-        if output.numel() != input.numel() * self.size():
-            raise ValueError(
-                f"all_gather_into_tensor: output has {output.numel()} elements, needs "
-                f"{input.numel() * self.size()}"
-            )
-        output.copy_(self._allgather_bytes(input).view(output.shape))
-        return _DoneWork([output])
-
-    # ``dist.all_gather_into_tensor`` and ``dist.reduce_scatter_tensor`` call these names;
-    # torch's C++ methods behind them look for a per-device backend, which a Python
-    # process group does not have ("No backend type associated with device type cpu").
-    def all_gather_single(self, output, input, opts):
-        return self._allgather_base(output, input, opts)
-
-    def reduce_scatter_single(self, output, input, opts):
-        return self._reduce_scatter_base(output, input, opts)
-
-    def gather(self, output_tensors, input_tensors, opts):
-        stacked = self._allgather_bytes(input_tensors[0])
-        if self.rank() == opts.rootRank:
-            for out, piece in zip(output_tensors[0], stacked, strict=True):
-                out.copy_(piece)
-        return _DoneWork(list(input_tensors))
-
-    def scatter(self, output_tensors, input_tensors, opts):
-        out = output_tensors[0]
-        root = opts.rootRank
-        if self.rank() == root:
-            send = torch.stack([t.detach().contiguous() for t in input_tensors[0]])
-        else:
-            send = torch.empty((self.size(), *out.shape), dtype=out.dtype)
-        self._broadcast_in_place(send, root)
-        out.copy_(send[self.rank()])
-        return _DoneWork([out])
-
-    def reduce_scatter(self, output_tensors, input_tensors, opts):
-        for out, ins in zip(output_tensors, input_tensors, strict=True):
-            mine = torch.stack([t.detach().contiguous() for t in ins])
-            reduced = _reduce(self._allgather_bytes(mine), opts.reduceOp)
-            out.copy_(reduced[self.rank()])
-        return _DoneWork(list(output_tensors))
-
-    def _reduce_scatter_base(self, output, input, opts):
-        reduced = _reduce(self._allgather_bytes(input), opts.reduceOp)
-        output.copy_(reduced.view(self.size(), *output.shape)[self.rank()])
-        return _DoneWork([output])
-
-    def broadcast(self, tensors, opts):
-        for t in tensors:
-            self._broadcast_in_place(t, opts.rootRank)
-        return _DoneWork(list(tensors))
-
-    def _broadcast_in_place(self, t: torch.Tensor, root: int) -> None:
-        self._engine_or_raise()
-        buf = t if t.is_contiguous() else t.contiguous()
-        self._wait(self._comm.Ibcast([_bytes(buf), MPI.BYTE], root=root), "broadcast")
-        if buf is not t:
-            t.copy_(buf)
-
-    def barrier(self, opts):
-        self._engine_or_raise()
-        self._wait(self._comm.Ibarrier(), "barrier")
-        return _DoneWork()
-
-    # send and recv return at once (``dist.isend``/``dist.irecv`` must not block: ranks that
-    # all isend first would deadlock on large messages); ``dist.send``/``recv`` wait.
-
-    def send(self, tensors, dst, tag):
-        self._engine_or_raise()
-        buf = tensors[0].detach().contiguous()
-        req = self._comm.Isend([_bytes(buf), MPI.BYTE], dst, tag)
-        return _RequestWork(self, req, "send", list(tensors), buf)
-
-    def recv(self, tensors, src, tag):
-        self._engine_or_raise()
-        t = tensors[0]
-        buf = t if t.is_contiguous() else torch.empty_like(t, memory_format=torch.contiguous_format)
-        req = self._comm.Irecv([_bytes(buf), MPI.BYTE], src, tag)
-        return _RequestWork(self, req, "recv", list(tensors), buf, None if buf is t else t)
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
-def _bytes(t: torch.Tensor):
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors share memory (torch storages never partly overlap)."""
-    if a.numel() == 0 or b.numel() == 0:
-        return False
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _splits(t: torch.Tensor, split_sizes, p: int, what: str) -> list[int]:
-    rows = t.shape[0]
-    if not split_sizes:
-        if rows % p:
-            raise ValueError(
-                f"all_to_all_single: {what} has {rows} rows, not divisible by {p} ranks "
-                "(give split sizes for an uneven split)"
-            )
-        return [rows // p] * p
-    sizes = [int(s) for s in split_sizes]
-    if len(sizes) != p:
-        raise ValueError(f"all_to_all_single: {len(sizes)} {what} split sizes for {p} ranks")
-    if any(s < 0 for s in sizes):
-        raise ValueError(f"all_to_all_single: negative {what} split size in {sizes}")
-    if sum(sizes) != rows:
-        raise ValueError(
-            f"all_to_all_single: {what} split sizes add up to {sum(sizes)}, {what} has {rows} rows"
-        )
-    return sizes
-
-
-def _reduce(stacked: torch.Tensor, op) -> torch.Tensor:
-    """Reduce along dim 0 in rank order (identical bits on every rank)."""
-    R = dist.ReduceOp
-    if op == R.SUM or op == R.AVG:
-        out = stacked[0].clone()
-        for piece in stacked[1:]:
-            out += piece
-        if op == R.AVG:
-            if not (out.is_floating_point() or out.is_complex()):
-                raise TypeError(f"ReduceOp.AVG needs a floating point tensor, got {out.dtype}")
-            out /= stacked.shape[0]
-        return out
-    if op == R.PRODUCT:
-        out = stacked[0].clone()
-        for piece in stacked[1:]:
-            out *= piece
-        return out
-    if op == R.MIN:
-        return stacked.amin(dim=0) if stacked.dtype != torch.bool else stacked.all(dim=0)
-    if op == R.MAX:
-        return stacked.amax(dim=0) if stacked.dtype != torch.bool else stacked.any(dim=0)
-    bitwise = {R.BAND: torch.bitwise_and, R.BOR: torch.bitwise_or, R.BXOR: torch.bitwise_xor}
-    for key, fn in bitwise.items():
-        if op == key:
-            out = stacked[0].clone()
-            for piece in stacked[1:]:
-                out = fn(out, piece)
-            return out
-    raise ValueError(f"the 'bls' backend does not support reduce op {op}")
+            out.detach().copy_(piece.view(out.shape))
+        return DoneWork(list(output_tensors))
 
 
 # -- registration ------------------------------------------------------------------------
 
 
-def _create(dist_opts, backend_options) -> ProcessGroupBLS:
-    global _world_comm
-    options = backend_options if isinstance(backend_options, BLSOptions) else BLSOptions()
+def _check_options(backend_options) -> BLSOptions:
     if backend_options is not None and not isinstance(backend_options, BLSOptions):
         raise TypeError(f"pg_options for 'bls' must be BLSOptions, got {type(backend_options)}")
-    # Check the options before any communicator exists, so a bad one leaks nothing.
+    options = backend_options if backend_options is not None else BLSOptions()
     lag = options.lag_bound if options.lag_bound is not None else default_lag_bound()
     if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
         raise ValueError(
@@ -480,29 +319,19 @@ def _create(dist_opts, backend_options) -> ProcessGroupBLS:
         )
     if options.transport not in ("p2p", "ialltoallv"):
         raise ValueError(f"BLSOptions.transport must be p2p or ialltoallv: {options.transport!r}")
-    rank, size = dist_opts.group_rank, dist_opts.group_size
-    ranks = list(dist_opts.global_ranks_in_group)
-    world = MPI.COMM_WORLD
-    if not ranks or _world_comm is None:
-        if size != world.Get_size() and not ranks:
-            raise RuntimeError(
-                f"the 'bls' backend runs over MPI: the group has {size} ranks but MPI has "
-                f"{world.Get_size()}; start the program with `mpiexec -n {size} ...`"
-            )
-        if _world_comm is None or _world_comm == MPI.COMM_NULL:
-            _world_comm = world.Split(0, rank if not ranks else world.Get_rank())
-    if ranks and ranks != list(range(_world_comm.Get_size())):
-        group = _world_comm.Get_group().Incl(ranks)
-        comm = _world_comm.Create_group(group, tag=7)
-        group.Free()
-    else:
-        comm = _world_comm.Dup()
-    if comm.Get_rank() != rank or comm.Get_size() != size:
-        raise RuntimeError(
-            f"torch rank {rank}/{size} does not match MPI rank {comm.Get_rank()}/"
-            f"{comm.Get_size()} for the 'bls' group"
-        )
-    return ProcessGroupBLS(comm, options, dist_opts.timeout)
+    return options
+
+
+def _create(dist_opts, backend_options) -> ProcessGroupBLS:
+    # Check the options before any communicator exists, so a bad one leaks nothing.
+    options = _check_options(backend_options)
+    comm = group_comm(dist_opts, BACKEND_NAME)
+    try:
+        return ProcessGroupBLS(comm, options, dist_opts.timeout)
+    except BaseException:
+        if comm != MPI.COMM_WORLD:
+            comm.Free()
+        raise
 
 
 _registered = False
