@@ -17,7 +17,7 @@ from bls_dlrm.data import (
     zipf_pmf,
     zipf_ranks,
 )
-from bls_dlrm.data.synthetic import TableSpec, draw_lengths
+from bls_dlrm.data.synthetic import TableSpec, draw_lengths, table_alphas
 from bls_dlrm.model import DLRM, get_config
 
 TINY = get_config("tiny")
@@ -149,6 +149,54 @@ def test_per_table_overrides(tmp_path):
     with pytest.raises(ValueError, match="index_dist"):
         generate_synthetic(tmp_path / "e", TINY, 1, 4, index_dist="normal")
     assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
+
+
+def test_bursty_pooling_draws_one_factor_per_table_and_batch(tmp_path):
+    kwargs = {"pooling": "bursty", "pooling_k": 4, "pooling_sigma": 1.0, "pooling_max": 60}
+    path = generate_synthetic(tmp_path / "b", TINY, 40, 16, seed=3, **kwargs)
+    store = BatchStore(path)
+    factors = np.empty((len(store), TINY.num_tables), dtype=np.int64)
+    for b in range(len(store)):
+        lengths = store.numpy_batch(b)[1]  # (tables, batch)
+        assert np.all(lengths == lengths[:, :1])  # one size for a table's bags in a batch
+        factors[b] = lengths[:, 0]
+    assert factors.min() >= 1 and factors.max() <= 60
+    assert factors.max() >= 3 * np.median(factors)  # heavy tail across batches
+    for t in range(TINY.num_tables):  # each table varies on its own, batch to batch
+        assert len(np.unique(factors[:, t])) > 3
+    assert not np.array_equal(factors[:, 0], factors[:, 1])
+    # reproducible, and the manifest keeps the hash machinery
+    again = generate_synthetic(tmp_path / "again", TINY, 40, 16, seed=3, **kwargs)
+    assert shas(again) == shas(path)
+    BatchStore(again, verify=True)
+    assert store.manifest["params"]["tables"][0]["pooling"] == "bursty"
+    with pytest.raises(ValueError, match="pooling_max"):
+        generate_synthetic(
+            tmp_path / "bad", TINY, 1, 4, pooling="bursty", pooling_k=5, pooling_max=2
+        )
+
+
+def test_zipf_exponent_per_table_from_a_list_or_a_seeded_range(tmp_path):
+    listed = generate_synthetic(
+        tmp_path / "l", TINY, 1, 8, index_dist="zipf", zipf_alpha=[0.5, 1.0, 1.5, 2.0]
+    )
+    tables = BatchStore(listed).manifest["params"]["tables"]
+    assert [t["zipf_alpha"] for t in tables] == [0.5, 1.0, 1.5, 2.0]
+    ranged = generate_synthetic(
+        tmp_path / "r", TINY, 1, 8, seed=4, index_dist="zipf", zipf_alpha_range=(0.8, 1.6)
+    )
+    alphas = [t["zipf_alpha"] for t in BatchStore(ranged).manifest["params"]["tables"]]
+    assert all(0.8 <= a <= 1.6 for a in alphas) and len(set(alphas)) == len(alphas)
+    assert alphas == table_alphas(TINY.num_tables, 4, 1.05, (0.8, 1.6))
+    assert table_alphas(TINY.num_tables, 5, 1.05, (0.8, 1.6)) != alphas
+    # the per-table exponent is what the indices follow: the hottest row's share grows
+    rng = np.random.default_rng(0)
+    head = [np.mean(zipf_ranks(rng, 1000, a, 50_000) == 1) for a in (0.5, 2.0)]
+    assert head[1] > 5 * head[0]
+    with pytest.raises(ValueError, match="zipf_alpha has 2 exponents"):
+        generate_synthetic(tmp_path / "x", TINY, 1, 4, index_dist="zipf", zipf_alpha=[1.0, 2.0])
+    with pytest.raises(ValueError, match="zipf_alpha_range"):
+        generate_synthetic(tmp_path / "x", TINY, 1, 4, zipf_alpha_range=(2.0, 1.0))
 
 
 def test_tampered_file_is_named(tmp_path):

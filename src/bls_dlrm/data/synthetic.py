@@ -22,6 +22,17 @@ Pooling (bag size per sample and table):
 - ``uniform``: uniform on ``1..pooling_k``.
 - ``heavy``: lognormal with median ``pooling_k`` and shape ``pooling_sigma``, rounded and
   clipped to ``1..pooling_max`` (default ``20 * pooling_k``): most bags small, a few large.
+  Drawn per sample, so over a batch of thousands the table's total work hardly varies.
+- ``bursty``: per *batch*: each table in each batch gets its own pooling factor, lognormal
+  with median ``pooling_k`` and shape ``pooling_sigma``, rounded and clipped to
+  ``1..pooling_max`` (default ``20 * pooling_k``), and every bag of that table in that
+  batch has that size. A table's lookup work then varies heavily from batch to batch, so
+  the rank holding this batch's heavy tables works longer: ranks unbalanced iteration by
+  iteration (with the sharding plan ``hot``, the hot tables share a rank).
+
+Zipf exponents may differ per table: ``zipf_alpha`` is one number or a list with one per
+table, or ``zipf_alpha_range=(lo, hi)`` draws each table's exponent uniformly from the
+seed. ``per_table`` overrides win over both.
 
 Dense features are uniform on [0, 1), like the reference DLRM's random data; there are no
 labels (inference needs none).
@@ -36,7 +47,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +62,18 @@ __all__ = [
     "POOLINGS",
     "TableSpec",
     "affine_permutation",
+    "burst_factor",
     "draw_lengths",
     "generate_synthetic",
+    "table_alphas",
     "zipf_pmf",
     "zipf_ranks",
 ]
 
 INDEX_DISTS = ("uniform", "zipf")
-POOLINGS = ("fixed", "uniform", "heavy")
+POOLINGS = ("fixed", "uniform", "heavy", "bursty")
 
-_DENSE, _TABLE, _PERM = 0, 1, 2
+_DENSE, _TABLE, _PERM, _BURST, _ALPHA = 0, 1, 2, 3, 4
 
 
 def _stream(seed: int, *key: int) -> np.random.Generator:
@@ -174,10 +187,11 @@ class TableSpec:
         if pooling_k < 1:
             raise ValueError(f"pooling_k must be a positive integer, got {pooling_k!r}")
         if pooling_max is None:
-            pooling_max = 20 * int(pooling_k) if pooling == "heavy" else int(pooling_k)
+            heavy = pooling in ("heavy", "bursty")
+            pooling_max = 20 * int(pooling_k) if heavy else int(pooling_k)
         if isinstance(pooling_max, bool) or not isinstance(pooling_max, numbers.Integral):
             raise ValueError(f"pooling_max must be a positive integer, got {pooling_max!r}")
-        if pooling == "heavy" and pooling_max < pooling_k:
+        if pooling in ("heavy", "bursty") and pooling_max < pooling_k:
             raise ValueError(f"pooling_max={pooling_max} must be >= pooling_k={pooling_k}")
         if not (pooling_sigma >= 0 and math.isfinite(pooling_sigma)):
             raise ValueError(f"pooling_sigma must be finite and >= 0, got {pooling_sigma!r}")
@@ -189,9 +203,24 @@ class TableSpec:
         return {k: getattr(self, k) for k in self.KEYS}
 
 
-def draw_lengths(rng: np.random.Generator, spec: TableSpec, batch_size: int) -> np.ndarray:
-    """Bag sizes of one table for one batch, int32, all in ``1..pooling_max``."""
+def burst_factor(rng: np.random.Generator, spec: TableSpec) -> int:
+    """One batch's pooling factor of a ``bursty`` table: lognormal, median ``pooling_k``."""
+    k = spec.pooling_k * math.exp(spec.pooling_sigma * rng.standard_normal())
+    return int(min(max(round(k), 1), spec.pooling_max))
+
+
+def draw_lengths(
+    rng: np.random.Generator, spec: TableSpec, batch_size: int, factor: int | None = None
+) -> np.ndarray:
+    """Bag sizes of one table for one batch, int32, all in ``1..pooling_max``.
+
+    ``factor`` is the batch's pooling factor of a ``bursty`` table (:func:`burst_factor`).
+    """
     k = spec.pooling_k
+    if spec.pooling == "bursty":
+        if factor is None:
+            raise ValueError("a bursty table needs the batch's pooling factor")
+        return np.full(batch_size, factor, dtype=np.int32)
     if spec.pooling == "fixed":
         return np.full(batch_size, k, dtype=np.int32)
     if spec.pooling == "uniform":
@@ -203,8 +232,35 @@ def draw_lengths(rng: np.random.Generator, spec: TableSpec, batch_size: int) -> 
 # -- the generator --------------------------------------------------------------------------
 
 
+def table_alphas(
+    num_tables: int,
+    seed: int,
+    zipf_alpha: float | Sequence[float],
+    zipf_alpha_range: Sequence[float] | None = None,
+) -> list[float]:
+    """Each table's Zipf exponent: one for all, a list, or drawn from a range by the seed."""
+    if zipf_alpha_range is not None:
+        bounds = list(zipf_alpha_range)
+        if len(bounds) != 2 or not all(
+            isinstance(b, numbers.Real) and not isinstance(b, bool) for b in bounds
+        ):
+            raise ValueError(f"zipf_alpha_range must be (low, high), got {zipf_alpha_range!r}")
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"zipf_alpha_range needs 0 < low <= high, got {zipf_alpha_range!r}")
+        return [float(a) for a in _stream(seed, _ALPHA).uniform(lo, hi, num_tables)]
+    if isinstance(zipf_alpha, Sequence) and not isinstance(zipf_alpha, str):
+        if len(zipf_alpha) != num_tables:
+            raise ValueError(f"zipf_alpha has {len(zipf_alpha)} exponents for {num_tables} tables")
+        return list(zipf_alpha)
+    return [zipf_alpha] * num_tables
+
+
 def _resolve_specs(
-    num_tables: int, defaults: dict[str, Any], per_table: Mapping[int, Mapping[str, Any]] | None
+    num_tables: int,
+    defaults: dict[str, Any],
+    per_table: Mapping[int, Mapping[str, Any]] | None,
+    alphas: Sequence[float] | None = None,
 ) -> list[TableSpec]:
     per_table = dict(per_table or {})
     for t, over in per_table.items():
@@ -218,7 +274,8 @@ def _resolve_specs(
     specs = []
     for t in range(num_tables):
         try:
-            specs.append(TableSpec(**{**defaults, **per_table.get(t, {})}))
+            own = {"zipf_alpha": alphas[t]} if alphas is not None else {}
+            specs.append(TableSpec(**{**defaults, **own, **per_table.get(t, {})}))
         except ValueError as exc:
             where = f"per_table[{t}]: " if t in per_table else ""
             raise ValueError(f"{where}{exc}") from None
@@ -233,7 +290,8 @@ def generate_synthetic(
     seed: int = 0,
     *,
     index_dist: str = "uniform",
-    zipf_alpha: float = 1.05,
+    zipf_alpha: float | Sequence[float] = 1.05,
+    zipf_alpha_range: Sequence[float] | None = None,
     pooling: str = "fixed",
     pooling_k: int = 1,
     pooling_max: int | None = None,
@@ -246,6 +304,8 @@ def generate_synthetic(
 
     ``per_table`` maps a table id to overrides of the six knobs (``index_dist``,
     ``zipf_alpha``, ``pooling``, ``pooling_k``, ``pooling_max``, ``pooling_sigma``).
+    ``zipf_alpha`` may be a list (one exponent per table); ``zipf_alpha_range=(lo, hi)``
+    draws each table's exponent from the seed instead.
     ``progress=None`` shows a bar only on a terminal.
     """
     if isinstance(config, str):
@@ -255,15 +315,16 @@ def generate_synthetic(
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    alphas = table_alphas(config.num_tables, int(seed), zipf_alpha, zipf_alpha_range)
     defaults = {
         "index_dist": index_dist,
-        "zipf_alpha": zipf_alpha,
+        "zipf_alpha": alphas[0],
         "pooling": pooling,
         "pooling_k": pooling_k,
         "pooling_max": pooling_max,
         "pooling_sigma": pooling_sigma,
     }
-    specs = _resolve_specs(config.num_tables, defaults, per_table)
+    specs = _resolve_specs(config.num_tables, defaults, per_table, alphas)
     rows = config.rows
     samplers: list[_ZipfSampler | None] = []
     perms: list[tuple[int, int]] = []
@@ -286,7 +347,10 @@ def generate_synthetic(
             parts = []
             for t, spec in enumerate(specs):
                 rng = _stream(seed, _TABLE, b, t)
-                lengths[t] = draw_lengths(rng, spec, batch_size)
+                factor = None
+                if spec.pooling == "bursty":
+                    factor = burst_factor(_stream(seed, _BURST, b, t), spec)
+                lengths[t] = draw_lengths(rng, spec, batch_size, factor)
                 count = int(lengths[t].sum(dtype=np.int64))
                 sampler = samplers[t]
                 if sampler is None:
@@ -299,7 +363,17 @@ def generate_synthetic(
         params = {
             "generator": "synthetic",
             "dense": "uniform[0,1)",
-            "defaults": dict(defaults),
+            "defaults": {
+                **defaults,
+                "zipf_alpha": (
+                    list(zipf_alpha)
+                    if isinstance(zipf_alpha, Sequence) and not isinstance(zipf_alpha, str)
+                    else zipf_alpha
+                ),
+                "zipf_alpha_range": (
+                    list(zipf_alpha_range) if zipf_alpha_range is not None else None
+                ),
+            },
             "per_table": {str(t): dict(v) for t, v in sorted((per_table or {}).items())},
             "tables": [
                 {
