@@ -19,16 +19,20 @@
 # delay and blocked wait (time spent inside the exchange waiting for peers), as logged.
 # "Other" is the rest of the rank's wall time (from its first start to its last
 # prediction): exchange calls that did not block, bookkeeping, scheduling. Left: the
-# synchronous baseline (mpi, else gloo, else BLS with L = 0); right: BLS with the largest
-# lag bound the workload was run with. When a series has several repetitions, the run
-# with the median makespan is shown.
+# best synchronous series of the workload (of mpi, gloo and bls L=0, the one with the
+# highest median throughput, as in every other figure); right: BLS with the largest lag
+# bound the workload was run with. When a series has several repetitions, the run with
+# the median makespan is shown (one run, so no interval). Stress scenarios (more ranks
+# than cores) are not chosen automatically. What the runs were is printed below, computed
+# from the tables, and written under the figure; the plotted bars are written to
+# `figures/fig5_breakdown.csv`.
 
 # %%
 import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from IPython.display import display
+from IPython.display import Markdown, display
 from matplotlib.patches import Patch
 
 from bls_dlrm import plotting as bp
@@ -37,7 +41,7 @@ matplotlib.use("agg")
 
 # %% tags=["parameters"]
 tables_dir: str = "results/tables"  # folder with runs.parquet and iterations.parquet
-out_dir: str = "figures"  # the figure is written here as PDF and PNG
+out_dir: str = "figures"  # the figure is written here as PDF, PNG and CSV (drawn bars)
 style: str = "paper"  # "paper" (3.3 in column) or "notebook"
 workload: str = ""  # empty: choose automatically; or the name of a workload
 
@@ -49,8 +53,8 @@ if not workload:
     workload = bp.pick_delayed_workload(runs)
 chosen = runs[runs["workload"] == workload]
 present = sorted(chosen["series"].unique(), key=bp.series_sort_key)
-sync_series = next((s for s in ("mpi", "gloo", "bls L=0") if s in present), None)
-bls_series = [s for s in present if s.startswith("bls L=") and s != sync_series]
+sync_series = bp.baseline_series(chosen, how="best").get(workload)
+bls_series = [s for s in present if s.startswith("bls L=") and s not in bp.SYNC_SERIES]
 panels = [s for s in (sync_series, bls_series[-1] if bls_series else None) if s is not None]
 print(f"workload: {workload}; series: {', '.join(present) or 'none'}; shown: {panels}")
 picked = {s: bp.representative_run(chosen[chosen["series"] == s]) for s in panels}
@@ -70,9 +74,15 @@ for s, run in picked.items():
     part["other"] = (wall - part.sum(axis=1)).clip(lower=0)
     part["series"] = s
     part["ms_per_iteration"] = run["makespan_s"] / run["measured_iterations"] * 1e3
+    part["run_id"] = run["run_id"]
     per_rank.append(part.reset_index())
-per_rank = pd.concat(per_rank, ignore_index=True) if per_rank else pd.DataFrame()
+columns = ["series", "run_id", "rank", *COMPONENTS, "other", "ms_per_iteration"]
+per_rank = (
+    pd.concat(per_rank, ignore_index=True)[columns] if per_rank else pd.DataFrame(columns=columns)
+)
 display(per_rank)
+about = bp.caption(chosen[chosen["series"].isin(panels)])
+display(Markdown(f"**Runs drawn** (one per series shown, of these): {about}"))
 
 # %%
 names = [*COMPONENTS, "other"]
@@ -117,7 +127,9 @@ if len(panels) < 2:
     print(f"only {panels or 'nothing'} to show: the workload lacks a synchronous or a BLS run")
 sns.despine(fig)
 fig.tight_layout()
+bp.footnote(fig, f"Median-makespan run of each series shown. {about}")
 paths = bp.save_figure(fig, out_dir, FIGURE)
+paths.append(bp.save_drawn_data(per_rank, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

@@ -1,13 +1,19 @@
 """Every figure notebook runs under papermill and writes its figure, on two sweeps:
 
-- ``full``: tables made here in memory, with every series (mpi, gloo, bls L=0/2/8), two
-  repetitions, and balanced, skewed and delayed workloads, so each drawing path runs;
+- ``full``: tables made here in memory, with every series (mpi, gloo, bls L=0/1/2/4/8),
+  three repetitions, the default sweep's workloads on 2 ranks and the 4-rank
+  "oversubscribed" stress scenario, so each drawing path runs;
 - ``fixture``: tables built by :func:`bls_dlrm.tables.collect` from the stored logs in
   ``tests/data/runs`` (complete runs only): the real table schema, and a sweep that lacks
   most series, so each "plot what exists" path runs.
 
 Notebooks are started as subprocesses of this interpreter (``python -m papermill -k
 python3``), two at a time, once per module; each test then checks one output.
+
+Each figure also writes the points it draws (``<figure>.csv``); the ``test_fig*_draws``
+tests recompute those points from the full sweep's tables here, independently of the
+notebooks and of :mod:`bls_dlrm.plotting`, so a notebook that draws a placeholder, the
+wrong workload or the wrong column fails.
 """
 
 from __future__ import annotations
@@ -42,47 +48,66 @@ pytestmark = pytest.mark.slow
 # A complete small sweep, as tables
 
 
+#: The made-up sweep: workload -> (delay kind, delay size in s, table plan, ranks, tags).
+#: Named as the default sweep's workloads; "oversubscribed" is its labeled stress scenario.
+WORKLOADS = {
+    "balanced": ("none", 0.0, "contiguous", 2, {}),
+    "rotating-2.5x": ("rotating", 0.025, "contiguous", 2, {}),
+    "rotating-8x": ("rotating", 0.080, "contiguous", 2, {}),
+    "random": ("random", 0.010, "contiguous", 2, {}),
+    "straggler": ("straggler", 0.010, "contiguous", 2, {}),
+    "unbalanced": ("none", 0.0, "unbalanced", 2, {}),
+    "skew-pooling": ("none", 0.0, "contiguous", 2, {"pooling": "heavy"}),
+    "oversubscribed": ("none", 0.0, "contiguous", 4, {}),
+}
+SERIES = [("mpi", None), ("gloo", None), *(("bls", lag) for lag in (0, 1, 2, 4, 8))]
+REPETITIONS, ITERATIONS, WARMUP, BATCH = 3, 8, 2, 1024
+
+
 def _full_tables(out: Path) -> None:
     """Write runs/per_iteration/iterations.parquet of a made-up sweep with every series."""
     rng = np.random.default_rng(0)
-    ranks, iterations, batch = 4, 8, 1024
-    scenarios = {  # name -> (delay kind, size_s, plan)
-        "balanced": ("none", 0.0, "contiguous"),
-        "rotating-10ms": ("rotating", 0.010, "contiguous"),
-        "rotating-20ms": ("rotating", 0.020, "contiguous"),
-        "straggler": ("straggler", 0.020, "contiguous"),
-        "unbalanced": ("none", 0.0, "unbalanced"),
-    }
-    series = [("mpi", 0), ("gloo", 0), ("bls", 0), ("bls", 2), ("bls", 8)]
     it_rows, pi_rows, run_rows = [], [], []
-    for scenario, (kind, size, plan) in scenarios.items():
-        for collective, lag in series:
-            for rep in range(2):
+    for scenario, (kind, size, plan, ranks, tags) in WORKLOADS.items():
+        for collective, lag in SERIES:
+            for rep in range(REPETITIONS):
                 run_id = f"{scenario}/{collective}-{lag}/rep{rep}"
                 params = {
                     "collective": collective,
                     "lag_bound": lag,
                     "world_size": ranks,
+                    "config.dataset": "data/synthetic/kaggle-50k-s0",
                     "config.plan": plan,
+                    "config.iterations": ITERATIONS,
+                    "config.warmup": WARMUP,
                     "config.delay.kind": kind,
                     "config.delay.size_s": size,
+                    "config.delay.mode": "busy",
                     "config.repetition": rep,
                     "config.tags.scenario": scenario,
                     "config.tags.rep": rep,
+                    "config.tags.pooling": tags.get("pooling", "fixed"),
                 }
-                work = 0.01 + rng.uniform(0, 0.002, (ranks, iterations))
-                delay = np.zeros((ranks, iterations))
+                work = 0.01 + rng.uniform(0, 0.002, (ranks, ITERATIONS))
+                if plan == "unbalanced":
+                    work[0] += 0.004
+                if "pooling" in tags:
+                    work[rng.integers(0, ranks, ITERATIONS), np.arange(ITERATIONS)] += 0.006
+                delay = np.zeros((ranks, ITERATIONS))
                 if kind == "rotating":
-                    delay[rng.integers(0, ranks, iterations), np.arange(iterations)] = size
+                    delay[rng.integers(0, ranks, ITERATIONS), np.arange(ITERATIONS)] = size
                 elif kind == "straggler":
                     delay[-1] = size
+                elif kind == "random":
+                    delay = np.where(rng.uniform(size=delay.shape) < 0.25, size, 0.0)
                 step = (work + delay).max(axis=0)
-                if collective == "bls" and lag > 0:  # some of the delay is hidden
+                if collective == "bls" and lag:  # some of the delay is hidden
                     step = (work + delay).mean(axis=0) + 0.002 / lag
+                step = step * rng.uniform(0.97, 1.03)  # noise of the repetition
                 t_start = np.concatenate([[0.0], np.cumsum(step)[:-1]])
-                latency = step * (1 + lag)
+                latency = step * (1 + (lag or 0))
                 for r in range(ranks):
-                    for i in range(iterations):
+                    for i in range(ITERATIONS):
                         it_rows.append(
                             {
                                 "run_id": run_id,
@@ -97,12 +122,12 @@ def _full_tables(out: Path) -> None:
                                 **params,
                             }
                         )
-                for i in range(iterations):
+                for i in range(ITERATIONS):
                     pi_rows.append(
                         {
                             "run_id": run_id,
                             "iteration": i,
-                            "latency_s": latency[i],
+                            "latency_s": latency[i] * rng.uniform(0.9, 1.1),
                             "iteration_time_s": step[i],
                             **params,
                         }
@@ -114,10 +139,12 @@ def _full_tables(out: Path) -> None:
                     {
                         "run_id": run_id,
                         **params,
-                        "samples": batch * iterations,
-                        "measured_iterations": iterations,
+                        "binding": "core",
+                        "cores_per_rank": 1,
+                        "samples": BATCH * ITERATIONS,
+                        "measured_iterations": ITERATIONS,
                         "makespan_s": makespan,
-                        "throughput_sps": batch * iterations / makespan,
+                        "throughput_sps": BATCH * ITERATIONS / makespan,
                         "latency_p50_s": float(np.median(latency)),
                         "latency_p95_s": float(np.percentile(latency, 95)),
                         "latency_p99_s": float(np.percentile(latency, 99)),
@@ -128,7 +155,7 @@ def _full_tables(out: Path) -> None:
                         "ideal_speedup": sync / ideal,
                         "ideal_efficiency": ideal / makespan,
                         "wait_share": 0.1,
-                        "lag_max": lag,
+                        "lag_max": lag or 0,
                         "predictions_checksum": f"sum-{scenario}",
                     }
                 )
@@ -206,6 +233,7 @@ def test_figure_written(executed, sweep, name):
     assert pdf.read_bytes()[:5] == b"%PDF-"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000
+    assert (figures / f"{name}.csv").is_file()
     leftovers = [p.name for p in figures.iterdir() if p.name.startswith(".")]
     assert not leftovers  # no temporary files from save_figure
 
@@ -231,3 +259,230 @@ def test_parameters_cell_holds_only_inputs():
         names = [line.split(":")[0] for line in cells[0].source.splitlines() if line.strip()]
         assert {"tables_dir", "out_dir", "style"} <= set(names), name
         assert all(n.isidentifier() for n in names), name  # plain assignments only
+
+
+# --------------------------------------------------------------------------------------
+# The drawn data, recomputed from the full sweep's tables
+
+SYNC = ("mpi", "gloo", "bls L=0")
+
+
+@pytest.fixture(scope="module")
+def full_tables(executed, tmp_path_factory):
+    """The full sweep's runs table with plain labels (series, scenario)."""
+    folder = next(iter(executed.values()))[1].parent.parent / "full" / "tables"
+    runs = pd.read_parquet(folder / "runs.parquet")
+    runs["series"] = [
+        c if c != "bls" else f"bls L={int(lag)}"
+        for c, lag in zip(runs["collective"], runs["lag_bound"], strict=True)
+    ]
+    runs["scenario"] = runs["config.tags.scenario"]
+    return folder, runs
+
+
+def _drawn(executed, name: str) -> pd.DataFrame:
+    result, figures = executed[("full", name)]
+    assert result.returncode == 0, _fail_message(result)
+    return pd.read_csv(figures / f"{name}.csv")
+
+
+def _series_values(runs, scenario, series, column="throughput_sps"):
+    part = runs[(runs["scenario"] == scenario) & (runs["series"] == series)]
+    return part.sort_values("config.repetition")[column].to_numpy()
+
+
+def _best_sync(runs, scenario):
+    medians = {s: np.median(_series_values(runs, scenario, s)) for s in SYNC}
+    return max(medians, key=medians.get)
+
+
+def _protocol():
+    import yaml
+
+    path = ROOT / "config" / "protocol.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def _interval(num, den):
+    from bls_dlrm.stats import ratio_ci
+
+    stats = _protocol().get("statistics", {})
+    kwargs = {"confidence": stats.get("confidence", 0.95), "seed": stats.get("seed", 0)}
+    if "n_resamples" in stats:
+        kwargs["n_resamples"] = stats["n_resamples"]
+    return ratio_ci(num, den, paired=True, **kwargs)
+
+
+def _check_ratio(row, runs, scenario, series):
+    """A drawn ratio row: baseline, geometric mean of per-repetition ratios, interval."""
+    base = _best_sync(runs, scenario)
+    assert row["baseline"] == base, (scenario, series)
+    num = _series_values(runs, scenario, series)
+    den = _series_values(runs, scenario, base)
+    assert len(num) == len(den) == REPETITIONS
+    point = float(np.exp(np.mean(np.log(num / den))))
+    ratio = row["ratio"] if "ratio" in row else row["speedup"]
+    assert ratio == pytest.approx(point, rel=1e-8), (scenario, series)
+    _, low, high = _interval(num, den)
+    assert (row["low"], row["high"]) == pytest.approx((low, high), rel=1e-8)
+    assert row["low"] <= ratio <= row["high"]
+    ideal = np.median(_series_values(runs, scenario, series, "ideal_speedup"))
+    assert row["ideal_speedup"] == pytest.approx(ideal, rel=1e-8)
+
+
+def test_fig1_draws_medians_and_ideal(executed, full_tables):
+    _, runs = full_tables
+    drawn = _drawn(executed, "fig1_throughput_vs_delay")
+    measured = drawn[drawn["kind"] == "measured"]
+    # rotating is the delay kind with the most sizes; the balanced workload stands in for 0.
+    by_delay = {0.0: "balanced", 25.0: "rotating-2.5x", 80.0: "rotating-8x"}
+    series = set(runs["series"])
+    assert {(s, d) for s, d in zip(measured["series"], measured["delay_ms"], strict=True)} == {
+        (s, d) for s in series for d in by_delay
+    }
+    for _, row in measured.iterrows():
+        values = _series_values(runs, by_delay[row["delay_ms"]], row["series"])
+        assert row["throughput_sps"] == pytest.approx(np.median(values), rel=1e-8)
+        assert (row["low_sps"], row["high_sps"]) == pytest.approx((values.min(), values.max()))
+        assert row["runs"] == REPETITIONS
+    ideal = drawn[drawn["kind"] == "ideal"].set_index("delay_ms")
+    assert set(ideal["series"]) == {"bls L=8"} and set(ideal.index) == set(by_delay)
+    for delay, scenario in by_delay.items():
+        base = np.median(_series_values(runs, scenario, _best_sync(runs, scenario)))
+        factor = np.median(_series_values(runs, scenario, "bls L=8", "ideal_speedup"))
+        assert ideal.loc[delay, "throughput_sps"] == pytest.approx(base * factor, rel=1e-8)
+
+
+def test_fig2_draws_every_iteration_latency(executed, full_tables):
+    folder, runs = full_tables
+    drawn = _drawn(executed, "fig2_latency")
+    per_iteration = pd.read_parquet(folder / "per_iteration.parquet")
+    per_iteration = per_iteration.merge(runs[["run_id", "scenario", "series"]], on="run_id")
+    # No-delay panel: balanced; delayed panel: the largest rotating delay.
+    assert set(drawn["workload"]) == {"balanced", "rotating-8x"}
+    for (scenario, series), part in drawn.groupby(["workload", "series"]):
+        expected = per_iteration[
+            (per_iteration["scenario"] == scenario) & (per_iteration["series"] == series)
+        ]["latency_s"]
+        assert len(part) == len(expected) == REPETITIONS * ITERATIONS
+        np.testing.assert_allclose(part["latency_ms"], np.sort(expected) * 1e3, rtol=1e-8)
+        np.testing.assert_allclose(part["fraction"], np.arange(1, len(part) + 1) / len(part))
+    assert drawn.groupby("workload")["series"].nunique().eq(len(SERIES)).all()
+
+
+def test_fig3_draws_speedups_with_intervals(executed, full_tables):
+    _, runs = full_tables
+    drawn = _drawn(executed, "fig3_speedup_vs_lag")
+    unbalanced = [w for w in WORKLOADS if w not in ("balanced", "oversubscribed")]
+    bls = [f"bls L={lag}" for lag in (0, 1, 2, 4, 8)]
+    assert sorted(zip(drawn["workload"], drawn["series"], strict=True)) == sorted(
+        (w, s) for w in unbalanced for s in bls
+    )
+    for _, row in drawn.iterrows():
+        _check_ratio(row, runs, row["workload"], row["series"])
+        assert row["lag"] == int(row["series"].split("=")[1])
+
+
+def test_fig4_draws_judged_lag_bound_with_intervals(executed, full_tables):
+    _, runs = full_tables
+    drawn = _drawn(executed, "fig4_scenarios")
+    claims = [
+        c
+        for c in _protocol().get("claims", [])
+        if c.get("figure") == "fig4_scenarios" and c.get("metric") == "throughput_ratio"
+    ]
+    lag = max((lb for c in claims for lb in c.get("lag_bounds", [])), default=8)
+    assert set(drawn["series"]) == {f"bls L={lag}"}
+    assert sorted(drawn["workload"]) == sorted(WORKLOADS)
+    classes = dict(zip(drawn["workload"], drawn["scenario_class"], strict=True))
+    assert classes["oversubscribed"] == "stress" and classes["balanced"] == "balanced"
+    assert classes["rotating-8x"] == "delayed" and classes["skew-pooling"] == "skewed"
+    assert drawn["workload"].iloc[-1] == "oversubscribed"  # drawn apart, last
+    for _, row in drawn.iterrows():
+        _check_ratio(row, runs, row["workload"], row["series"])
+
+
+def test_fig5_draws_per_rank_time_of_median_runs(executed, full_tables):
+    folder, runs = full_tables
+    drawn = _drawn(executed, "fig5_breakdown")
+    iterations = pd.read_parquet(folder / "iterations.parquet")
+    scenario = "rotating-8x"  # the largest delay of the primary kind
+    assert list(dict.fromkeys(drawn["series"])) == [_best_sync(runs, scenario), "bls L=8"]
+    for series, part in drawn.groupby("series"):
+        candidates = runs[(runs["scenario"] == scenario) & (runs["series"] == series)]
+        median_run = candidates.sort_values(["makespan_s", "run_id"]).iloc[
+            (len(candidates) - 1) // 2
+        ]
+        assert set(part["run_id"]) == {median_run["run_id"]}
+        its = iterations[iterations["run_id"] == median_run["run_id"]]
+        mean_ms = its.groupby("rank")[["compute_s", "delay_s", "wait_s"]].mean() * 1e3
+        part = part.set_index("rank").sort_index()
+        np.testing.assert_allclose(part["compute"], mean_ms["compute_s"], rtol=1e-8)
+        np.testing.assert_allclose(part["injected delay"], mean_ms["delay_s"], rtol=1e-8)
+        np.testing.assert_allclose(part["blocked wait"], mean_ms["wait_s"], rtol=1e-8)
+        per_it = median_run["makespan_s"] / median_run["measured_iterations"] * 1e3
+        np.testing.assert_allclose(part["ms_per_iteration"], per_it, rtol=1e-8)
+
+
+def test_captions_are_computed_from_the_tables(executed):
+    """The caption under every figure names ranks, placement, repetitions and iterations
+    as the tables have them (the made-up sweep: 2 ranks bound, 3 x 8 iterations)."""
+    for name in FIGURES:
+        result, _ = executed[("full", name)]
+        assert result.returncode == 0, _fail_message(result)
+        text = (executed[("full", name)][1].parent / "nb" / f"{name}.out.ipynb").read_text()
+        assert "2 ranks, bound one per core" in text, name
+        assert f"{REPETITIONS} repetitions of {ITERATIONS} measured iterations" in text, name
+        assert "synthetic data" in text, name
+    fig4 = executed[("full", "fig4_scenarios")][1].parent / "nb" / "fig4_scenarios.out.ipynb"
+    assert "Stress scenario oversubscribed (4 ranks" in fig4.read_text()
+
+
+# --------------------------------------------------------------------------------------
+# Plain log ticks (Fig. 2) and placement labels
+
+
+def test_plain_log_ticks_are_readable():
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    from bls_dlrm.plotting import plain_log_ticks, plain_number, set_plain_log_axis
+
+    assert plain_log_ticks(5, 300) == [10.0, 30.0, 100.0, 300.0]
+    assert plain_log_ticks(1, 1000) == [1.0, 10.0, 100.0, 1000.0]
+    assert len(plain_log_ticks(12, 15)) >= 3
+    assert [plain_number(v) for v in (0.5, 20.0, 1000.0, 1e6)] == ["0.5", "20", "1000", "1000000"]
+    fig, ax = plt.subplots()
+    ax.plot([8, 400], [0, 1])
+    ax.set_xscale("log")
+    ax.set_xlim(8, 400)
+    ticks = set_plain_log_axis(ax, "x")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+    assert labels == [plain_number(t) for t in ticks] == ["10", "30", "100", "300"]
+
+
+def test_stress_scenario_and_placement_labels():
+    from bls_dlrm.plotting import annotate_runs
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c", "d"],
+            "collective": ["mpi"] * 4,
+            "world_size": [2, 4, 2, 2],
+            "config.tags.scenario": ["balanced", "oversubscribed", "balanced-x", "b2"],
+            "binding": ["core", "core", "none", None],
+            "cores_per_rank": [1, 1, 1, 0.5],
+        }
+    )
+    out = annotate_runs(runs)
+    assert out["placement"].tolist() == [
+        "bound one per core",
+        "oversubscribed",
+        "not bound",
+        "oversubscribed",
+    ]
+    assert out["scenario_class"].tolist() == ["balanced", "stress", "balanced", "stress"]

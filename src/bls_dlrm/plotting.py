@@ -14,11 +14,19 @@ Definitions (our own; the sweep only promises a ``scenario`` tag and the delay c
   workload are summarised by their median.
 - **scenario**: the ``config.tags.scenario`` tag, or ``"<delay kind> <size> ms"`` when the
   sweep set none.
-- **scenario class**: ``delayed`` when the delay schedule injects anything, ``skewed`` when
-  the scenario name, the table placement or the data tags say the work is uneven
-  (:data:`SKEW_HINTS`, :data:`SKEW_COLUMNS`), otherwise ``balanced``.
-- **synchronous baseline** of a workload: the median throughput of ``mpi`` (the DESIGN's
-  baseline), or the better of ``mpi`` and ``gloo`` ("best synchronous").
+- **scenario class**: ``stress`` for a labeled stress scenario (more ranks than cores, see
+  :func:`placement_of`; no claim is judged on it), ``delayed`` when the delay schedule
+  injects anything, ``skewed`` when the scenario name, the table placement or the data tags
+  say the work is uneven (:data:`SKEW_HINTS`, :data:`SKEW_COLUMNS`), otherwise ``balanced``.
+- **synchronous baseline** of a workload: the synchronous series (:data:`SYNC_SERIES`: mpi,
+  gloo and bls L=0) with the highest median throughput ("best synchronous", the default),
+  or ``mpi`` alone on request.
+- **speedup interval**: a series' throughput over its workload's synchronous baseline with a
+  95% bootstrap confidence interval over repetitions (:func:`speedup_intervals`, through
+  :func:`bls_dlrm.stats.ratio_ci`, paired by repetition).
+- **caption**: what a figure's runs were (ranks, placement, repetitions, iterations,
+  synthetic data and injected delays), read from the runs' header columns
+  (:func:`sweep_facts`, :func:`caption`), never written by hand.
 
 Matplotlib and seaborn are imported inside the drawing helpers only, so the claims CLI can
 use the table helpers without loading a plotting stack.
@@ -40,34 +48,56 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "BOUND",
     "CLASS_COLORS",
+    "CLASS_ORDER",
     "COLUMN_WIDTH_IN",
     "COMPONENT_COLORS",
+    "CONFIDENCE",
+    "INTERVAL_COLUMNS",
+    "OVERSUBSCRIBED",
     "SYNC_COLLECTIVES",
     "SYNC_SERIES",
     "annotate_runs",
     "attach_labels",
+    "baseline_series",
     "best_bls",
+    "caption",
     "figsize",
     "find_project_root",
+    "footnote",
+    "interval_settings",
+    "lag_of",
+    "load_protocol",
     "load_table",
     "load_tables",
     "missing_note",
     "most_common",
+    "paired_values",
     "palette",
     "pick_delayed_workload",
     "pick_reference_workload",
     "placeholder",
+    "placement_of",
+    "plain_log_ticks",
+    "plain_number",
     "primary_delay_kind",
     "project_path",
+    "protocol_claims",
+    "repetition_numbers",
     "representative_run",
     "resolve_out_dir",
+    "save_drawn_data",
     "save_figure",
     "series_label",
     "series_markers",
     "series_sort_key",
+    "set_plain_log_axis",
     "set_style",
+    "speedup_intervals",
+    "sweep_facts",
     "sync_baseline",
+    "threshold_text",
     "with_speedup",
     "workload_columns",
 ]
@@ -117,7 +147,9 @@ SKEW_COLUMNS = {
 }
 #: Delay kinds that inject nothing.
 NO_DELAY_KINDS = ("none", "", "nan")
-CLASS_ORDER = ("balanced", "skewed", "delayed")
+#: Words in a scenario name that mark a labeled stress scenario (no claim is judged on it).
+STRESS_HINTS = ("oversub", "stress")
+CLASS_ORDER = ("balanced", "skewed", "delayed", "stress")
 
 # --------------------------------------------------------------------------------------
 # Paths
@@ -216,7 +248,8 @@ def series_sort_key(label: str) -> tuple[int, float, str]:
     return (0, order.get(label, len(order)), label)
 
 
-def _lag_of(label: str) -> int | None:
+def lag_of(label: str) -> int | None:
+    """The lag bound of a ``bls L=<n>`` label; None for other series."""
     if label.startswith("bls L="):
         try:
             return int(label.split("=", 1)[1])
@@ -281,6 +314,8 @@ def _scenario_name(row: pd.Series) -> str:
 
 
 def _scenario_class(row: pd.Series) -> str:
+    if placement_of(row) == OVERSUBSCRIBED:
+        return "stress"
     if _is_delayed(row):
         return "delayed"
     name = _scenario_name(row).lower()
@@ -293,16 +328,73 @@ def _scenario_class(row: pd.Series) -> str:
     return "balanced"
 
 
+#: Placement of a run's ranks on cores (:func:`placement_of`).
+BOUND = "bound one per core"
+OVERSUBSCRIBED = "oversubscribed"
+UNBOUND = "not bound"
+UNRECORDED = "placement not recorded"
+
+
+def _last_key(column: str) -> str:
+    return column.rsplit(".", 1)[-1].lower()
+
+
+def _binding_columns(row: pd.Series) -> list[str]:
+    """Columns (header or config) that say how ranks were bound: ``...bind``,
+    ``...binding``, ``...bind_to``."""
+    return [c for c in row.index if _last_key(c) in ("bind", "binding", "bind_to")]
+
+
+def _cores_per_rank(row: pd.Series) -> float:
+    for col in row.index:
+        if _last_key(col) == "cores_per_rank":
+            try:
+                value = float(row[col])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                return value
+    return math.nan
+
+
+def placement_of(row: pd.Series) -> str:
+    """How one run's ranks sat on the cores: :data:`BOUND`, :data:`OVERSUBSCRIBED`,
+    :data:`UNBOUND` or :data:`UNRECORDED`.
+
+    Oversubscribed: the scenario name says so (:data:`STRESS_HINTS`) or the log recorded
+    less than one core per rank. Bound: a binding column names cores (``core``). The
+    column names are matched by their last key, so header and config columns both work.
+    """
+    name = _scenario_name(row).lower()
+    if any(hint in name for hint in STRESS_HINTS):
+        return OVERSUBSCRIBED
+    cores = _cores_per_rank(row)
+    if math.isfinite(cores) and cores < 1:
+        return OVERSUBSCRIBED
+    for col in _binding_columns(row):
+        value = row[col]
+        if _is_missing(value):
+            continue
+        text = str(value).strip().lower()
+        if text in ("", "none", "no", "false", "off"):
+            return UNBOUND
+        if "core" in text or text in ("true", "yes", "on"):
+            return BOUND
+        return f"bound to {text}"
+    return UNRECORDED
+
+
 def annotate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """A copy of a runs (or per-iteration, or iterations) table with the labels figures use.
 
-    Adds ``series``, ``scenario``, ``scenario_class`` (balanced/skewed/delayed),
-    ``delay_kind``, ``delay_ms`` and ``workload`` (a short id, equal for runs that differ
-    only in collective, lag bound or repetition). Missing config columns are tolerated.
+    Adds ``series``, ``scenario``, ``scenario_class`` (balanced/skewed/delayed/stress),
+    ``delay_kind``, ``delay_ms``, ``placement`` (:func:`placement_of`) and ``workload`` (a
+    short id, equal for runs that differ only in collective, lag bound or repetition).
+    Missing config columns are tolerated.
     """
     df = runs.copy()
     if df.empty:
-        for col in ("series", "scenario", "scenario_class", "delay_kind", "workload"):
+        for col in ("series", "scenario", "scenario_class", "delay_kind", "workload", "placement"):
             df[col] = pd.Series(dtype="str")
         df["delay_ms"] = pd.Series(dtype="float64")
         return df
@@ -315,6 +407,7 @@ def annotate_runs(runs: pd.DataFrame) -> pd.DataFrame:
     df["scenario_class"] = [_scenario_class(r) for r in rows]
     df["delay_kind"] = [_delay_kind(r) for r in rows]
     df["delay_ms"] = np.array([_delay_ms(r) for r in rows], dtype="float64")
+    df["placement"] = [placement_of(r) for r in rows]
     cols = workload_columns(df)
     if cols:
         columns = [df[c].tolist() for c in cols]
@@ -356,44 +449,189 @@ def _workload_ids(keys: list[str], scenarios: list[str], world_sizes: list[Any])
 # Baselines and speedups (medians over repetitions)
 
 
-def sync_baseline(
-    runs: pd.DataFrame, how: str = "mpi", metric: str = "throughput_sps"
-) -> pd.Series:
-    """Median ``metric`` of the synchronous baseline per workload (index: workload).
+def _lower_is_better(metric: str) -> bool:
+    return metric.startswith(("latency", "makespan", "iteration_time"))
 
-    ``how="mpi"`` uses mpi and falls back to the best synchronous series when a workload
-    has no mpi run; ``how="best"`` takes the best of :data:`SYNC_SERIES` (highest
-    throughput, or lowest value for latency and makespan metrics). Workloads without any
-    synchronous run are absent from the result.
+
+def baseline_series(
+    runs: pd.DataFrame, how: str = "best", metric: str = "throughput_sps"
+) -> pd.Series:
+    """The synchronous series each workload is compared with (index: workload, values:
+    series labels such as ``gloo`` or ``bls L=0``).
+
+    ``how="best"`` (the default) picks, per workload, the series of :data:`SYNC_SERIES`
+    with the best median ``metric`` (highest throughput, or lowest latency or makespan);
+    ``how="mpi"`` picks ``mpi`` and falls back to the best synchronous series where a
+    workload has no mpi run. Workloads without any synchronous run are absent.
     """
+    if how not in ("best", "mpi"):
+        raise ValueError(f"how must be 'best' or 'mpi', got {how!r}")
     df = runs if "workload" in runs.columns else annotate_runs(runs)
     sync = df[df["series"].isin(SYNC_SERIES)]
     if sync.empty:
-        return pd.Series(dtype="float64", name=metric)
+        return pd.Series(dtype="object", name="baseline")
     med = sync.groupby(["workload", "series"])[metric].median().unstack("series")
-    lower_is_better = metric.startswith("latency") or metric.startswith("makespan")
-    best = med.min(axis=1) if lower_is_better else med.max(axis=1)
-    if how == "best":
-        out = best
-    elif how == "mpi":
-        out = med["mpi"].fillna(best) if "mpi" in med.columns else best
-    else:
-        raise ValueError(f"how must be 'mpi' or 'best', got {how!r}")
-    return out.dropna().rename(metric)
+    med = med.reindex(columns=sorted(med.columns, key=series_sort_key))
+    best = med.idxmin(axis=1) if _lower_is_better(metric) else med.idxmax(axis=1)
+    if how == "mpi" and "mpi" in med.columns:
+        best = best.where(med["mpi"].isna(), "mpi")
+    return best.dropna().rename("baseline")
 
 
-def with_speedup(runs: pd.DataFrame, how: str = "mpi") -> pd.DataFrame:
-    """Annotated runs with ``speedup`` = throughput / the workload's synchronous baseline.
+def sync_baseline(
+    runs: pd.DataFrame, how: str = "best", metric: str = "throughput_sps"
+) -> pd.Series:
+    """Median ``metric`` of the synchronous baseline per workload (index: workload).
+
+    The baseline series is :func:`baseline_series` (``how="best"``: the best of mpi, gloo
+    and bls L=0; ``how="mpi"``: mpi where it ran). Workloads without any synchronous run
+    are absent from the result.
+    """
+    df = runs if "workload" in runs.columns else annotate_runs(runs)
+    chosen = baseline_series(df, how=how, metric=metric)
+    if chosen.empty:
+        return pd.Series(dtype="float64", name=metric)
+    med = df.groupby(["workload", "series"])[metric].median()
+    values = [med.get((w, s), math.nan) for w, s in chosen.items()]
+    return pd.Series(values, index=chosen.index, dtype="float64", name=metric)
+
+
+def with_speedup(runs: pd.DataFrame, how: str = "best") -> pd.DataFrame:
+    """Annotated runs with ``speedup`` = throughput / the workload's synchronous baseline
+    (:func:`sync_baseline`; default: the best synchronous series) and ``baseline``, the
+    baseline's series label.
 
     Runs of one workload process the same samples, so this equals the makespan ratio.
     NaN where the workload has no synchronous run.
     """
     df = runs if "workload" in runs.columns else annotate_runs(runs)
     base = sync_baseline(df, how=how)
+    chosen = baseline_series(df, how=how)
     df = df.copy()
+    df["baseline"] = df["workload"].map(chosen)
     df["baseline_sps"] = df["workload"].map(base).astype("float64")
     df["speedup"] = df["throughput_sps"] / df["baseline_sps"]
     return df
+
+
+#: Columns that number a run's repetition, most specific first.
+REPETITION_COLUMNS = ("config.repetition", "repetition", "config.tags.rep")
+
+
+def repetition_numbers(runs: pd.DataFrame) -> pd.Series:
+    """Each run's repetition number (from :data:`REPETITION_COLUMNS`; NaN if none)."""
+    out = pd.Series(math.nan, index=runs.index, dtype="float64")
+    for col in REPETITION_COLUMNS:
+        if col in runs.columns:
+            out = out.fillna(pd.to_numeric(runs[col], errors="coerce").astype("float64"))
+    return out
+
+
+def paired_values(
+    runs: pd.DataFrame, workload: str, numerator: str, denominator: str, metric: str
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``metric`` of two series of one workload, for a ratio over repetitions.
+
+    Returns (numerator values, denominator values, paired). When both series have the
+    same set of repetition numbers, the values are aligned by repetition (paired);
+    otherwise every run of each series is returned in run-id order (unpaired).
+    """
+    df = runs[runs["workload"] == workload]
+    parts = []
+    for s in (numerator, denominator):
+        part = df[df["series"] == s]
+        part = part.assign(_rep=repetition_numbers(part).to_numpy()).sort_values(
+            ["_rep", "run_id"] if "run_id" in part.columns else ["_rep"]
+        )
+        parts.append(part)
+    num, den = parts
+    reps_num, reps_den = num["_rep"], den["_rep"]
+    paired = (
+        len(num) == len(den)
+        and not reps_num.isna().any()
+        and reps_num.is_unique
+        and reps_den.is_unique
+        and set(reps_num) == set(reps_den)
+    )
+    return (
+        num[metric].to_numpy(dtype="float64"),
+        den[metric].to_numpy(dtype="float64"),
+        bool(paired),
+    )
+
+
+#: Confidence level and bootstrap seed of every interval drawn (fixed: rebuilt figures
+#: show the same intervals).
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+INTERVAL_COLUMNS = (
+    "workload",
+    "series",
+    "baseline",
+    "speedup",
+    "low",
+    "high",
+    "repetitions",
+    "paired",
+    "ideal_speedup",
+)
+
+
+def speedup_intervals(
+    runs: pd.DataFrame,
+    series: Iterable[str] | None = None,
+    *,
+    how: str = "best",
+    metric: str = "throughput_sps",
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+    n_resamples: int | None = None,
+) -> pd.DataFrame:
+    """Per workload and series: ``metric`` over the synchronous baseline, with a bootstrap
+    confidence interval over repetitions (:func:`bls_dlrm.stats.ratio_ci`).
+
+    ``series``: the series to compare (default: every series other than the workload's
+    baseline). Columns: :data:`INTERVAL_COLUMNS`; ``speedup`` is the point estimate of
+    ``ratio_ci``, ``low``/``high`` its interval (NaN with fewer than two repetitions on a
+    side), ``paired`` whether repetitions were paired, ``ideal_speedup`` the median over the
+    series' runs (NaN if the table has none).
+    """
+    from bls_dlrm.stats import ratio_ci
+
+    df = runs if "workload" in runs.columns else annotate_runs(runs)
+    chosen = baseline_series(df, how=how, metric=metric)
+    wanted = None if series is None else set(series)
+    rows = []
+    for workload, base in chosen.items():
+        present = sorted(df.loc[df["workload"] == workload, "series"].unique(), key=series_sort_key)
+        for s in present:
+            if (wanted is None and s == base) or (wanted is not None and s not in wanted):
+                continue
+            num, den, paired = paired_values(df, workload, s, base, metric)
+            extra = {} if n_resamples is None else {"n_resamples": n_resamples}
+            point, low, high = ratio_ci(
+                num, den, paired=paired, confidence=confidence, seed=seed, **extra
+            )
+            if min(len(num), len(den)) < 2:  # one repetition: a ratio, but no interval
+                low = high = math.nan
+            ideal = math.nan
+            if "ideal_speedup" in df.columns:
+                part = df.loc[(df["workload"] == workload) & (df["series"] == s)]
+                ideal = float(part["ideal_speedup"].median())
+            rows.append(
+                {
+                    "workload": workload,
+                    "series": s,
+                    "baseline": base,
+                    "speedup": float(point),
+                    "low": float(low),
+                    "high": float(high),
+                    "repetitions": int(min(len(num), len(den))),
+                    "paired": paired,
+                    "ideal_speedup": ideal,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(INTERVAL_COLUMNS))
 
 
 def best_bls(runs: pd.DataFrame, metric: str = "throughput_sps") -> pd.DataFrame:
@@ -416,11 +654,19 @@ def best_bls(runs: pd.DataFrame, metric: str = "throughput_sps") -> pd.DataFrame
     med = bls.groupby(["workload", "series"])[numeric].median().reset_index()
     idx = med.groupby("workload")[metric].idxmax()
     out = med.loc[idx.dropna()].reset_index(drop=True)
-    out["lag_bound"] = [_lag_of(s) for s in out["series"]]
+    out["lag_bound"] = [lag_of(s) for s in out["series"]]
     return out
 
 
-LABEL_COLUMNS = ("series", "scenario", "scenario_class", "delay_kind", "delay_ms", "workload")
+LABEL_COLUMNS = (
+    "series",
+    "scenario",
+    "scenario_class",
+    "delay_kind",
+    "delay_ms",
+    "workload",
+    "placement",
+)
 
 
 def attach_labels(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -517,6 +763,327 @@ def missing_note(wanted: Iterable[str], present: Iterable[str], what: str = "ser
 
 
 # --------------------------------------------------------------------------------------
+# The protocol: thresholds and judged lag bounds a figure draws
+
+PROTOCOL_PATH = "config/protocol.yaml"
+
+
+def load_protocol(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The claims protocol (``config/protocol.yaml``), as :mod:`bls_dlrm.claims` reads it.
+
+    Uses the claims module's own loader when it has one (so figures and the claims table
+    read the same validated file), else parses the YAML. An absent file gives ``{}``: a
+    figure then draws no threshold rather than one written into the notebook.
+    """
+    from bls_dlrm import claims
+
+    file = project_path(path or PROTOCOL_PATH)
+    loader = getattr(claims, "load_protocol", None)
+    if callable(loader):
+        try:
+            return dict(loader(file))
+        except FileNotFoundError:
+            return {}
+    if not file.is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load(file.read_text()) or {}
+
+
+def protocol_claims(
+    protocol: dict[str, Any], figure: str | None = None, metric: str | None = None
+) -> list[dict[str, Any]]:
+    """The claims and checks of a protocol (optionally: drawn on ``figure``, judged on
+    ``metric``) that have a threshold."""
+    entries = [*protocol.get("claims", []), *protocol.get("checks", [])]
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "threshold" not in entry:
+            continue
+        if figure is not None and entry.get("figure") != figure:
+            continue
+        if metric is not None and entry.get("metric") != metric:
+            continue
+        out.append(entry)
+    return out
+
+
+def interval_settings(protocol: dict[str, Any]) -> dict[str, Any]:
+    """``confidence``, ``seed`` and ``n_resamples`` of the protocol's ``statistics``
+    section (defaults where absent), as keywords of :func:`speedup_intervals`."""
+    stats = protocol.get("statistics") or {}
+    return {
+        "confidence": float(stats.get("confidence", CONFIDENCE)),
+        "seed": int(stats.get("seed", BOOTSTRAP_SEED)),
+        "n_resamples": int(stats["n_resamples"]) if "n_resamples" in stats else None,
+    }
+
+
+def threshold_text(threshold: dict[str, Any]) -> str:
+    """``> 1.8x``, ``>= 0.9``, ``within 0.95-1.05``: a threshold spec for a legend."""
+    op = threshold.get("op")
+    if op == "within":
+        return f"within {threshold['low']:g}-{threshold['high']:g}"
+    return f"{op} {threshold.get('value', math.nan):g}"
+
+
+# --------------------------------------------------------------------------------------
+# Captions: what the drawn runs were, read from their header columns
+
+#: Columns that name a run's dataset, most specific first.
+DATASET_COLUMNS = ("config.tags.dataset", "config.dataset", "dataset")
+#: Values of a ``config.delay.*`` column that say how an injected delay is spent.
+DELAY_MODES = {
+    "busy": "busy work on the rank's core",
+    "work": "busy work on the rank's core",
+    "compute": "busy work on the rank's core",
+    "spin": "busy work on the rank's core",
+    "cpu": "busy work on the rank's core",
+    "sleep": "sleeping",
+    "noisy": "a competing process on the rank's core",
+    "noisy-neighbour": "a competing process on the rank's core",
+    "noisy_neighbour": "a competing process on the rank's core",
+}
+
+
+def _span(values: Iterable[Any]) -> str:
+    """``5`` or ``3-5`` (integers) from a set of values; ``?`` for none."""
+    nums = sorted({int(v) for v in values if not _is_missing(v)})
+    if not nums:
+        return "?"
+    return str(nums[0]) if nums[0] == nums[-1] else f"{nums[0]}-{nums[-1]}"
+
+
+def _join_words(words: Sequence[str]) -> str:
+    words = list(words)
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _dataset_kind(runs: pd.DataFrame) -> tuple[str, list[str]]:
+    for col in DATASET_COLUMNS:
+        if col in runs.columns:
+            names = sorted({Path(str(v)).name for v in runs[col] if not _is_missing(v)})
+            if names:
+                criteo = [n for n in names if "criteo" in n.lower() and "synthetic" not in n]
+                if criteo and len(criteo) == len(names):
+                    return "Criteo", names
+                if criteo:
+                    return "mixed", names
+                return "synthetic", names
+    return "unrecorded", []
+
+
+def _delay_modes(runs: pd.DataFrame) -> list[str]:
+    modes = set()
+    for col in runs.columns:
+        if not col.startswith("config.delay."):
+            continue
+        for value in runs[col].dropna().unique():
+            text = str(value).strip().lower()
+            if text in DELAY_MODES:
+                modes.add(DELAY_MODES[text])
+    return sorted(modes)
+
+
+def sweep_facts(runs: pd.DataFrame) -> dict[str, Any]:
+    """What a caption must say about ``runs`` (the runs a figure draws), from the tables.
+
+    Keys: ``ranks`` (sorted world sizes), ``placements`` (sorted :func:`placement_of`
+    values), ``repetitions`` (``"5"`` or ``"3-5"``: runs per workload and series),
+    ``iterations`` (measured iterations per run, same form), ``warmup`` (or ``"?"``),
+    ``data`` (``synthetic``, ``Criteo``, ``mixed`` or ``unrecorded``), ``datasets``,
+    ``delay_kinds`` (injected delay kinds, sorted), ``delay_modes`` (how delays are spent,
+    if logged), ``stress`` (workloads of the stress class).
+    """
+    df = runs if "workload" in runs.columns else annotate_runs(runs)
+    facts: dict[str, Any] = {
+        "runs": len(df),
+        "ranks": sorted({int(v) for v in df.get("world_size", pd.Series()).dropna()}),
+        "placements": sorted(set(df["placement"])) if "placement" in df.columns else [],
+        "repetitions": "?",
+        "iterations": "?",
+        "warmup": "?",
+        "data": "unrecorded",
+        "datasets": [],
+        "delay_kinds": [],
+        "delay_modes": [],
+        "stress": [],
+    }
+    if df.empty:
+        return facts
+    facts["repetitions"] = _span(df.groupby(["workload", "series"]).size())
+    for key, cols in (
+        ("iterations", ("measured_iterations", "config.iterations")),
+        ("warmup", ("config.warmup",)),
+    ):
+        col = next((c for c in cols if c in df.columns and df[c].notna().any()), None)
+        if col is not None:
+            facts[key] = _span(df[col])
+    facts["data"], facts["datasets"] = _dataset_kind(df)
+    delayed = df[df["scenario_class"] == "delayed"]
+    if "stress" in set(df["scenario_class"]):
+        stress = df[df["scenario_class"] == "stress"]
+        delayed = pd.concat([delayed, stress[stress.apply(_is_delayed, axis=1)]])
+        facts["stress"] = sorted(set(stress["workload"]))
+    facts["delay_kinds"] = sorted(set(delayed["delay_kind"]))
+    facts["delay_modes"] = _delay_modes(delayed)
+    return facts
+
+
+def caption(runs: pd.DataFrame, *, stress_label: bool = True) -> str:
+    """One or two sentences for a figure's caption, computed from the runs it draws.
+
+    Example: "2 ranks, bound one per core; 5 repetitions of 300 measured iterations
+    (3 warm-up) per series; synthetic data (kaggle-50k); injected delays (synthetic:
+    rotating, straggler; busy work on the rank's core)." Runs of the stress class are
+    described apart, as a stress scenario no claim is judged on (when ``stress_label``).
+    """
+    df = runs if "workload" in runs.columns else annotate_runs(runs)
+    if df.empty:
+        return "No runs."
+    stress = df[df["scenario_class"] == "stress"] if stress_label else df.iloc[0:0]
+    main = df.drop(index=stress.index)
+    text = _describe(main) if not main.empty else ""
+    if not stress.empty:
+        f = sweep_facts(stress)
+        ranks = _join_words([str(r) for r in f["ranks"]]) or "?"
+        text += (
+            f" Stress scenario {', '.join(f['stress'])} ({ranks} ranks, "
+            f"{_join_words(f['placements'])}; {f['repetitions']} repetitions): "
+            "no claim is judged on it."
+        )
+    return text.strip()
+
+
+def _describe(runs: pd.DataFrame) -> str:
+    f = sweep_facts(runs)
+    ranks = _join_words([str(r) for r in f["ranks"]]) or "?"
+    parts = [f"{ranks} ranks, {_join_words(f['placements']) or UNRECORDED}"]
+    warm = f" ({f['warmup']} warm-up)" if f["warmup"] != "?" else ""
+    parts.append(
+        f"{f['repetitions']} repetitions of {f['iterations']} measured iterations{warm} per series"
+    )
+    data = {
+        "synthetic": "synthetic data",
+        "Criteo": "Criteo data",
+        "mixed": "synthetic and Criteo data",
+    }.get(f["data"], "data source not recorded")
+    if f["datasets"]:
+        data += f" ({', '.join(f['datasets'])})"
+    parts.append(data)
+    if f["delay_kinds"]:
+        how = f"; {_join_words(f['delay_modes'])}" if f["delay_modes"] else ""
+        parts.append(f"injected delays (synthetic: {', '.join(f['delay_kinds'])}{how})")
+    else:
+        parts.append("no injected delays")
+    return "; ".join(parts) + "."
+
+
+def footnote(fig: Figure, text: str, *, pad_pt: float = 4.0) -> None:
+    """Write ``text`` under everything drawn on ``fig`` (axes, tick labels, axis labels),
+    wrapped to the figure's width, in small grey type. Call it after the figure's layout
+    is final (after ``tight_layout``); ``save_figure`` keeps it (tight bounding box)."""
+    import textwrap
+
+    from matplotlib.font_manager import FontProperties
+
+    if not text:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    boxes = [b for b in boxes if b is not None]
+    width_px, height_px = fig.bbox.width, fig.bbox.height
+    bottom = min((b.y0 for b in boxes), default=0.0) / height_px
+    left = min((b.x0 for b in boxes), default=0.0) / width_px
+    right = max((b.x1 for b in boxes), default=width_px) / width_px
+    size_pt = FontProperties(size="x-small").get_size_in_points()
+    span_in = (right - left) * fig.get_size_inches()[0]
+    chars = max(int(span_in * 72 / (0.52 * size_pt)), 30)
+    fig.text(
+        left,
+        bottom - pad_pt / 72 / fig.get_size_inches()[1],
+        "\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)),
+        ha="left",
+        va="top",
+        fontsize=size_pt,
+        color="#555555",
+        linespacing=1.15,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Log axes with plain numbers
+
+
+def plain_number(value: float) -> str:
+    """``0.5``, ``20``, ``1000``: a tick label without exponents."""
+    text = np.format_float_positional(float(value), precision=6, trim="-")
+    return text.rstrip(".")
+
+
+def plain_log_ticks(low: float, high: float, min_ticks: int = 3) -> list[float]:
+    """Ticks for a log axis spanning [low, high]: decades if they give ``min_ticks``, else
+    1-3 steps, else 1-2-5 steps, else 1..9 steps, else ``min_ticks`` geometric steps
+    rounded to as few digits (at least 2) as keep them apart."""
+    if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high <= low:
+        raise ValueError(f"need 0 < low < high, got {low}, {high}")
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    ticks: list[float] = []
+    for subs in ((1,), (1, 3), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [
+            float(f"{m * 10.0**e:.12g}")
+            for e in range(first, last + 1)
+            for m in subs
+            if low <= m * 10.0**e <= high
+        ]
+        if len(ticks) >= min_ticks:
+            return ticks
+    geo = np.geomspace(low, high, min_ticks + 2)[1:-1]
+    for digits in range(2, 7):
+        rounded = sorted({float(f"{v:.{digits}g}") for v in geo} | set(ticks))
+        if len(rounded) >= min_ticks:
+            break
+    return rounded
+
+
+def set_plain_log_axis(ax: Axes, axis: str = "x", min_ticks: int = 3) -> list[float]:
+    """Put readable major ticks on a log axis (``10``, ``20``, ``50`` ms, not 10^x) for its
+    current limits; minor ticks stay, unlabelled. Returns the ticks set."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    ticks = plain_log_ticks(min(low, high), max(low, high), min_ticks)
+    which.set_major_locator(FixedLocator(ticks))
+    which.set_ticklabels([plain_number(t) for t in ticks])
+    which.set_minor_formatter(NullFormatter())
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(low, high)
+    return ticks
+
+
+# --------------------------------------------------------------------------------------
+# Drawn data
+
+
+def save_drawn_data(data: pd.DataFrame, out_dir: str | os.PathLike[str], name: str) -> Path:
+    """Write exactly the points a figure plots as ``<out_dir>/<name>.csv`` (atomically).
+
+    Tests compare this file with values computed from the tables, so a figure that plots
+    the wrong column or a placeholder is caught; readers can re-plot it without the tables.
+    """
+    out = resolve_out_dir(out_dir)
+    path = out / f"{name}.csv"
+    tmp = out / f".{name}.tmp.csv"
+    data.to_csv(tmp, index=False, float_format="%.10g")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------
 # Style and palette
 
 COLUMN_WIDTH_IN = 3.3
@@ -530,7 +1097,12 @@ COMPONENT_COLORS = {
     "blocked wait": "#C44E52",
     "other": "#CFCFCF",
 }
-CLASS_COLORS = {"balanced": "#7f9fbf", "skewed": "#8c6bb1", "delayed": "#e08214"}
+CLASS_COLORS = {
+    "balanced": "#7f9fbf",
+    "skewed": "#8c6bb1",
+    "delayed": "#e08214",
+    "stress": "#999999",
+}
 _BLS_RAMP = ("plasma", 0.05, 0.82)  # colormap, position of L=0, position of L=16 and above
 _BLS_RAMP_TOP = 16
 
@@ -555,7 +1127,7 @@ def palette(labels: Iterable[str]) -> dict[str, str]:
     """Series label -> colour, for ``hue=`` in seaborn (unknown labels get a neutral grey)."""
     colours: dict[str, str] = {}
     for label in labels:
-        lag = _lag_of(label)
+        lag = lag_of(label)
         if lag is not None:
             colours[label] = bls_color(lag)
         else:

@@ -1,7 +1,9 @@
 # Tables -> figures. One notebook per figure (notebooks/<figure>.py, jupytext py:percent),
 # converted to .ipynb and executed by papermill with the tables folder, the output folder and
 # the style as parameters. The executed notebooks are kept in results/notebooks/ beside the
-# figures they drew, so a reader can see the numbers behind every plot.
+# figures they drew, so a reader can see the numbers behind every plot, and every figure
+# writes the points it draws beside it (figures/<figure>.csv: medians, ratios with their
+# 95% intervals, ideal bounds), so they can be checked or re-plotted without the tables.
 #
 # Plotting is cheap and separate from the runs: changing a notebook or the palette
 # (src/bls_dlrm/plotting.py) redraws the figures and never reruns an experiment.
@@ -11,6 +13,7 @@
 #     style: paper     # "paper" (3.3 in column, the default) or "notebook"
 
 import sys
+from pathlib import Path
 
 # The Python that runs snakemake (the project's venv): it has jupytext, papermill and
 # ipykernel, and papermill starts the `python3` kernel with this same interpreter, so no
@@ -23,9 +26,19 @@ FIG_NOTEBOOK_DIR = "notebooks"
 FIG_EXECUTED_DIR = "results/notebooks"
 FIG_LOG_DIR = "results/logs/figures"
 FIG_FORMATS = ("pdf", "png")
-# Code every figure depends on besides its notebook: the palette/loading helpers and the
-# claim thresholds some figures draw.
-FIG_HELPERS = ("src/bls_dlrm/plotting.py", "src/bls_dlrm/claims.py")
+# What every figure depends on besides its notebook: the palette/loading/caption helpers,
+# the claims module and its protocol (thresholds, judged lag bound, interval settings),
+# and the bootstrap intervals.
+FIG_HELPERS = tuple(
+    path
+    for path in (
+        "src/bls_dlrm/plotting.py",
+        "src/bls_dlrm/claims.py",
+        "src/bls_dlrm/stats.py",
+        "config/protocol.yaml",
+    )
+    if Path(path).exists()
+)
 
 #: Figure (= notebook) name -> the tables it reads.
 FIGURES = {
@@ -66,6 +79,7 @@ rule figure:
     output:
         pdf=f"{FIG_DIR}/{{figure}}.pdf",
         png=f"{FIG_DIR}/{{figure}}.png",
+        csv=f"{FIG_DIR}/{{figure}}.csv",
         notebook=f"{FIG_EXECUTED_DIR}/{{figure}}.ipynb",
     log:
         f"{FIG_LOG_DIR}/{{figure}}.log",
@@ -77,7 +91,7 @@ rule figure:
         python=NOTEBOOK_PYTHON,
         style=figure_style(),
     message:
-        "Figure {wildcards.figure}: papermill {input.notebook} -> {output.pdf}, {output.png}"
+        "Figure {wildcards.figure}: papermill {input.notebook} -> {output.pdf}, {output.png}, {output.csv}"
     shell:
         "{params.python:q} -m papermill {input.notebook:q} {output.notebook:q}"
         " -k python3 --no-progress-bar --log-output"
