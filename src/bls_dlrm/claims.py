@@ -1,39 +1,45 @@
-"""The paper's claims, tested on a sweep's tables: ``results/claims.md`` and ``paper/macros.tex``.
+"""The paper's claims, judged on a sweep's tables by a protocol fixed before the runs.
 
-    python -m bls_dlrm.claims --tables results/tables \\
+    python -m bls_dlrm.claims --tables results/tables --protocol config/protocol.yaml \\
         --out results/claims.md --macros paper/macros.tex
 
-Each claim of the abstract gets one number measured on this machine, a threshold named
-below, and a verdict: *supported*, *not supported*, or *not tested here* when the sweep
-lacks the runs the test needs (a smoke sweep, say). The same numbers go into LaTeX macros,
-so the paper quotes exactly what the table says.
+What is judged comes only from ``config/protocol.yaml`` (validated against
+``workflow/schemas/protocol.schema.yaml``): for each claim, the workloads, the metric, the
+lag bound(s) of the BLS series and the threshold. This module holds no threshold, workload
+name or lag bound of its own; it knows only how to compute each metric:
 
-How each claim is tested (the grouping into workloads, scenario classes and synchronous
-baselines is defined in :mod:`bls_dlrm.plotting`; every quantity is a median over
-repetitions of a workload):
+``throughput_ratio``
+    Throughput of the series ``bls L=<lag bound>`` over the workload's *best synchronous*
+    series (of the protocol's synchronous series, the one with the highest median
+    throughput over its repetitions in that workload), paired by repetition.
+``ideal_fraction``
+    That ratio divided, repetition by repetition, by the ideal speedup the theory gives
+    for the judged BLS run's own logged per-rank work (``ideal_speedup`` of the runs table,
+    :mod:`bls_dlrm.theory`): the share of the possible gain the run realised.
+``checksums_identical``
+    Within a workload, every run (every series and repetition) has the same predictions
+    checksum; with the per-iteration table, every iteration agrees across runs too.
 
-(a) *balanced, homogeneous runs gain nothing notable*: in every balanced workload, the
-    best BLS lag bound's throughput lies within :data:`BALANCED_TOLERANCE` of the best
-    synchronous collective's.
-(b) *unbalanced runs (skew or delays) gain latency and throughput*: over the unbalanced
-    workloads where the theory leaves room for a gain (ideal speedup of the best BLS run
-    at least :data:`GAIN_MIN`), the medians of the throughput gain and of the
-    :data:`LATENCY_METRIC` gain of the best BLS lag bound over the best synchronous
-    collective are both at least :data:`GAIN_MIN`. Workloads with no room (a fixed
-    straggler: no lag bound can help it) are listed, not counted.
-(c) *at best the delays are masked*: for BLS with the largest lag bound, the measured
-    speedup over mpi divided by the ideal speedup of the theory (the share of the gain a
-    perfect exchange would realise); the best delayed workload with room for a gain
-    (ideal speedup at least :data:`GAIN_MIN`) must reach :data:`MASKED_MIN`.
-(d) *end-to-end speedup of over 1.8x*: the largest speedup of any BLS lag bound over mpi
-    across delayed workloads exceeds :data:`SPEEDUP_CLAIM`.
-(e) *accuracy is fully preserved*: within every workload, all runs (every collective and
-    lag bound) have the same predictions checksum, i.e. bit-identical predictions.
+Each ratio carries a bootstrap interval over repetitions (:func:`bls_dlrm.stats.ratio_ci`,
+the protocol's confidence, resamples and seed) and gets a verdict from the interval
+(:func:`bls_dlrm.stats.verdict`): *supported*, *not supported*, *inconclusive*; *not
+tested here* when the sweep lacks the runs, or when the protocol says a part is judged by
+another experiment. A claim judged on several workloads or lag bounds is supported only if
+every one is, not supported if any one is not, and inconclusive otherwise. Fewer
+repetitions than the protocol's minimum make a verdict at best inconclusive.
+
+The same numbers go into LaTeX macros (``paper/macros.tex``), so the paper quotes exactly
+what ``results/claims.md`` says. Macro names: ``\\Claim<Macro><Field>`` with the protocol
+entry's ``macro`` stem and fields ``Verdict``, ``Measured``, ``Point``, ``Low``, ``High``,
+``Threshold``, ``Workloads``, ``Lag``, ``Repetitions`` (accuracy: ``Identical``,
+``Workloads``, ``Runs``, ``Iterations``; a part not tested: ``Verdict``, ``Reason``);
+``\\Machine*``, ``\\Version*``, ``\\Sweep*`` and ``\\Protocol*`` describe where and how.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import platform
@@ -45,396 +51,607 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from bls_dlrm import plotting as bp
+from bls_dlrm import stats
 
 __all__ = [
-    "BALANCED_TOLERANCE",
-    "GAIN_MIN",
-    "LATENCY_METRIC",
-    "MASKED_MIN",
+    "INCONCLUSIVE",
+    "NA",
     "NOT_SUPPORTED",
     "NOT_TESTED",
-    "SPEEDUP_CLAIM",
+    "PROTOCOL_PATH",
+    "SCHEMA_PATH",
     "SUPPORTED",
     "Claim",
+    "Judgement",
+    "ProtocolError",
     "evaluate",
+    "evaluate_checks",
+    "load_protocol",
     "machine_info",
     "main",
     "render_macros",
     "render_markdown",
+    "run_info",
     "sweep_info",
+    "workload_table",
 ]
 
-#: (a) |best BLS / best synchronous throughput - 1| at most this on balanced workloads.
-BALANCED_TOLERANCE = 0.05
-#: (b) a ratio (sync / BLS for latency, BLS / sync for throughput) of at least this is a gain.
-GAIN_MIN = 1.05
-#: (b) the latency statistic judged: the median time per iteration, i.e. how long the
-#: system typically takes to deliver each next batch of predictions (the reference DLRM's
-#: "ms/it"). Its tail (p99) is reported beside it: with a lag bound completions come in
-#: bursts once a late rank catches up, so the gaps between bursts can grow.
-LATENCY_METRIC = "iteration_time_p50_s"
-TAIL_METRIC = "iteration_time_p99_s"
-#: (b) reported beside it, not judged: the median batch latency, start of a batch's
-#: lookups to its predictions (max over ranks). A lag bound lets fast ranks start a batch
-#: early and wait for its data later, so in a closed loop this one grows with L.
-BATCH_LATENCY_METRIC = "latency_p50_s"
-#: (c) share of the theory's ideal speedup that counts as masking the delays.
-MASKED_MIN = 0.90
-#: (d) the end-to-end speedup the abstract quotes.
-SPEEDUP_CLAIM = 1.8
-
-SUPPORTED = "supported"
-NOT_SUPPORTED = "not supported"
+SUPPORTED = stats.SUPPORTED
+NOT_SUPPORTED = stats.NOT_SUPPORTED
+INCONCLUSIVE = stats.INCONCLUSIVE
 NOT_TESTED = "not tested here"
 NA = "n/a"
+#: Verdicts from worst to best: a claim over several judgements takes the worst present.
+_RANK = {NOT_SUPPORTED: 0, INCONCLUSIVE: 1, NOT_TESTED: 2, SUPPORTED: 3}
+
+_ROOT = Path(__file__).resolve().parents[2]
+PROTOCOL_PATH = Path("config/protocol.yaml")
+SCHEMA_PATH = Path("workflow/schemas/protocol.schema.yaml")
 
 FIGURE_COMMAND = "snakemake --cores 2 figures/{name}.pdf"
 CLAIMS_COMMAND = "snakemake --cores 2 results/claims.md"
+RATIO_METRICS = ("throughput_ratio", "ideal_fraction")
+#: Columns that number repetitions, in order of preference.
+REPETITION_COLUMNS = ("config.repetition", "config.tags.rep", "repetition")
+
+
+# --------------------------------------------------------------------------------------
+# The protocol
+
+
+class ProtocolError(ValueError):
+    """The protocol file is missing, unreadable or breaks its schema (message names the key)."""
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` as given if it exists (relative to the working directory), else under the
+    project holding this package (an editable install's checkout)."""
+    if path.is_absolute() or path.exists():
+        return path
+    return _ROOT / path
+
+
+def _key_path(parts: Sequence[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_protocol(
+    path: str | os.PathLike[str] | None = None, schema: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Read and validate the protocol; :class:`ProtocolError` names the file and key.
+
+    The result carries two extra keys: ``_path`` (the file) and ``_sha256`` (its digest,
+    quoted in the claims table so a changed protocol is visible).
+    """
+    import jsonschema
+
+    p = _resolve(Path(path) if path is not None else PROTOCOL_PATH)
+    s = _resolve(Path(schema) if schema is not None else SCHEMA_PATH)
+    try:
+        raw = p.read_bytes()
+        data = yaml.safe_load(raw)
+    except OSError as exc:
+        raise ProtocolError(f"{p}: cannot read the protocol: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"{p}: not valid YAML: {exc}") from exc
+    try:
+        schema_doc = yaml.safe_load(s.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProtocolError(f"{s}: cannot read the protocol schema: {exc}") from exc
+    validator = jsonschema.Draft202012Validator(schema_doc)
+    errors = list(validator.iter_errors(data))
+    if errors:
+        # The deepest key is the most specific one to name (an unknown op, not "its parent
+        # then lacks a value").
+        depth = max(len(e.absolute_path) for e in errors)
+        err = jsonschema.exceptions.best_match(e for e in errors if len(e.absolute_path) == depth)
+        raise ProtocolError(f"{p}: {_key_path(list(err.absolute_path))}: {err.message}")
+    stress = set(data.get("stress_workloads") or ())
+    for group in ("claims", "checks"):
+        for i, entry in enumerate(data.get(group) or ()):
+            names = entry.get("workloads")
+            if entry.get("metric") in RATIO_METRICS and isinstance(names, list):
+                bad = sorted(stress & set(names))
+                if bad:
+                    raise ProtocolError(
+                        f"{p}: {group}[{i}].workloads: {bad} are stress_workloads, "
+                        "which no timing claim or check may be judged on"
+                    )
+    macros = [e["macro"] for g in ("claims", "checks") for e in data.get(g) or ()]
+    dup = sorted({m for m in macros if macros.count(m) > 1})
+    if dup:
+        raise ProtocolError(f"{p}: macro stems must be unique, repeated: {dup}")
+    data["_path"] = str(p)
+    data["_sha256"] = hashlib.sha256(raw).hexdigest()
+    return data
+
+
+def __getattr__(name: str) -> Any:
+    """Thresholds the figures draw, read from the protocol (nothing is a constant here)."""
+    if name == "BALANCED_TOLERANCE":  # half-width of claim (a)'s band around 1
+        thr = _entry(load_protocol(), "a")["threshold"]
+        return max(1 - float(thr["low"]), float(thr["high"]) - 1)
+    if name == "SPEEDUP_CLAIM":  # claim (d)'s threshold
+        return float(_entry(load_protocol(), "d")["threshold"]["value"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _entry(protocol: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    for entry in protocol["claims"]:
+        if entry["key"] == key and "threshold" in entry:
+            return entry
+    raise KeyError(f"no claim {key!r} with a threshold in the protocol")
+
+
+# --------------------------------------------------------------------------------------
+# What a claim says
+
+
+@dataclass
+class Judgement:
+    """One workload and lag bound of a claim: the interval and its verdict."""
+
+    workload: str
+    series: str
+    baseline: str
+    repetitions: int
+    point: float
+    low: float
+    high: float
+    verdict: str
+    ideal: float = math.nan
+    note: str = ""
 
 
 @dataclass
 class Claim:
-    """One claim of the abstract and what this sweep says about it."""
+    """One claim (or one part of it, or one check) and what this sweep says about it."""
 
-    key: str  # a..e
-    macro: str  # macro name stem, e.g. "Balanced"
-    claim: str  # the abstract's claim, in our words
-    test: str  # how it is tested and where it is shown
+    key: str
+    part: str
+    macro: str
+    claim: str  # the protocol's summary
+    words: str  # the paper's words
+    figure: str
     command: str
-    measured: str  # the number(s), for people
+    metric: str
     threshold: str
+    measured: str
     verdict: str
+    judgements: list[Judgement] = field(default_factory=list)
     details: pd.DataFrame | None = None
-    numbers: dict[str, str] = field(default_factory=dict)  # macro stem -> LaTeX value
+    numbers: dict[str, str] = field(default_factory=dict)  # macro field -> plain text
+
+    @property
+    def label(self) -> str:
+        return f"({self.key})" + (f" {self.part}" if self.part else "")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return NA
+    return NA if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _ci_text(j: Judgement) -> str:
+    if not math.isfinite(j.point):
+        return NA
+    return f"{_fmt(j.point)} [{_fmt(j.low)}, {_fmt(j.high)}]"
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """Several judgements -> one verdict: all supported, or the worst one, where untested
+    parts beside tested ones leave the claim inconclusive."""
+    if not verdicts or all(v == NOT_TESTED for v in verdicts):
+        return NOT_TESTED
+    worst = min(verdicts, key=_RANK.__getitem__)
+    return INCONCLUSIVE if worst == NOT_TESTED else worst
 
 
 # --------------------------------------------------------------------------------------
-# Numbers
+# Metrics
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    return NA if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+def _annotated(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs if "workload" in runs.columns or runs.empty else bp.annotate_runs(runs)
 
 
-def _pct(value: float, digits: int = 0) -> str:
-    return NA if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
+#: The columns judging reads (the rest of a wide runs table only slows selection down).
+_JUDGED_COLUMNS = (
+    "run_id",
+    "workload",
+    "scenario",
+    "scenario_class",
+    "series",
+    "collective",
+    "lag_bound",
+    "ideal_speedup",
+    "predictions_checksum",
+    *REPETITION_COLUMNS,
+)
 
 
-def _medians(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median of every numeric column per (workload, series), with labels kept."""
-    numeric = [
-        c
-        for c in runs.columns
-        if pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c])
-    ]
-    keys = ["workload", "series", "collective", "scenario_class"]
-    numeric = [c for c in numeric if c not in keys]
-    out = runs.groupby(keys, dropna=False)[numeric].median().reset_index()
-    counts = runs.groupby(keys, dropna=False)["run_id"].count().rename("repetitions")
-    return out.merge(counts.reset_index(), on=keys)
+def _slim(runs: pd.DataFrame, protocol: Mapping[str, Any]) -> pd.DataFrame:
+    runs = _annotated(runs)
+    keep = [*_JUDGED_COLUMNS, protocol["synchronous"]["metric"]]
+    return runs[[c for c in runs.columns if c in keep]]
 
 
-#: mpi, gloo and bls L=0 (see :data:`bls_dlrm.plotting.SYNC_SERIES`).
-SYNC_SERIES = bp.SYNC_SERIES
-
-
-def _best_sync(med: pd.DataFrame) -> pd.DataFrame:
-    """Per workload, the synchronous series with the highest median throughput."""
-    sync = med[med["series"].isin(SYNC_SERIES)]
-    if sync.empty:
-        return sync
-    return sync.loc[sync.groupby("workload")["throughput_sps"].idxmax()]
-
-
-def _best_bls(med: pd.DataFrame) -> pd.DataFrame:
-    """Per workload, the BLS series with a lag (L >= 1) and the highest median throughput."""
-    bls = med[(med["collective"] == "bls") & ~med["series"].isin(SYNC_SERIES)]
-    if bls.empty:
-        return bls
-    return bls.loc[bls.groupby("workload")["throughput_sps"].idxmax()]
-
-
-def _versus(med: pd.DataFrame) -> pd.DataFrame:
-    """Best BLS beside best synchronous, per workload that has both."""
-    sync = _best_sync(med)
-    bls = _best_bls(med)
-    if sync.empty or bls.empty:
-        return pd.DataFrame(
-            columns=["workload", "scenario_class", "bls", "sync", "throughput_gain"]
-        )
-    metrics = ["throughput_sps", LATENCY_METRIC, TAIL_METRIC, BATCH_LATENCY_METRIC]
-    cols = ["workload", "scenario_class", "series", *metrics, "ideal_speedup"]
-    both = bls[cols].merge(
-        sync[["workload", "series", *metrics]],
-        on="workload",
-        suffixes=("_bls", "_sync"),
-    )
-    both = both.rename(columns={"series_bls": "bls", "series_sync": "sync"})
-    both["throughput_gain"] = both["throughput_sps_bls"] / both["throughput_sps_sync"]
-    both["latency_gain"] = both[f"{LATENCY_METRIC}_sync"] / both[f"{LATENCY_METRIC}_bls"]
-    both["tail_gain"] = both[f"{TAIL_METRIC}_sync"] / both[f"{TAIL_METRIC}_bls"]
-    both["batch_latency_gain"] = (
-        both[f"{BATCH_LATENCY_METRIC}_sync"] / both[f"{BATCH_LATENCY_METRIC}_bls"]
-    )
-    return both
-
-
-def claim_balanced(med: pd.DataFrame) -> Claim:
-    both = _versus(med)
-    both = both[both["scenario_class"] == "balanced"]
-    claim = Claim(
-        key="a",
-        macro="Balanced",
-        claim="Balanced, homogeneous runs: BLS gives no notable advantage",
-        test="Fig. 4: best-L BLS throughput / best synchronous throughput, balanced workloads",
-        command=FIGURE_COMMAND.format(name="fig4_scenarios"),
-        measured=NA,
-        threshold=f"within ±{BALANCED_TOLERANCE:.0%} in every balanced workload",
-        verdict=NOT_TESTED,
-    )
-    if both.empty:
-        claim.measured = "no balanced workload with both BLS and a synchronous collective"
-        claim.numbers = {"Range": NA, "Ratio": NA, "RatioMin": NA, "RatioMax": NA}
-        return claim
-    ratios = both["throughput_gain"]
-    lo, hi = float(ratios.min()), float(ratios.max())
-    within = bool(((ratios - 1).abs() <= BALANCED_TOLERANCE).all())
-    claim.verdict = SUPPORTED if within else NOT_SUPPORTED
-    span = _fmt(lo) if len(ratios) == 1 else f"{_fmt(lo)}-{_fmt(hi)}"
-    claim.measured = f"ratio {span} over {len(ratios)} workload(s)"
-    claim.numbers = {
-        "Range": _fmt(lo) if _fmt(lo) == _fmt(hi) else f"{_fmt(lo)}--{_fmt(hi)}",  # TeX dash
-        "Ratio": _fmt(float(ratios.median())),
-        "RatioMin": _fmt(lo),
-        "RatioMax": _fmt(hi),
-        "Workloads": str(len(ratios)),
-    }
-    claim.details = both[["workload", "bls", "sync", "throughput_gain"]]
-    return claim
-
-
-def claim_unbalanced(med: pd.DataFrame) -> Claim:
-    both = _versus(med)
-    both = both[both["scenario_class"].isin(("skewed", "delayed"))]
-    claim = Claim(
-        key="b",
-        macro="Unbalanced",
-        claim="Unbalanced runs (skewed accesses, delays): BLS improves latency and throughput",
-        test=(
-            "Fig. 4 and Fig. 2: best-L BLS vs best synchronous, throughput and median time "
-            "per iteration, unbalanced workloads with room for a gain in theory"
-        ),
-        command=FIGURE_COMMAND.format(name="fig4_scenarios"),
-        measured=NA,
-        threshold=f"median gains in both >= {GAIN_MIN:g}x",
-        verdict=NOT_TESTED,
-    )
-    claim.numbers = {"Throughput": NA, "Latency": NA, "Improved": NA, "Eligible": NA}
-    if both.empty:
-        claim.measured = "no skewed or delayed workload with both BLS and a synchronous run"
-        return claim
-    room = both["ideal_speedup"] >= GAIN_MIN
-    eligible = both[room]
-    no_room = both[~room]
-    claim.details = both[
-        [
-            "workload",
-            "bls",
-            "sync",
-            "throughput_gain",
-            "latency_gain",
-            "tail_gain",
-            "batch_latency_gain",
-            "ideal_speedup",
+def _workloads(runs: pd.DataFrame, names: Any) -> list[str]:
+    """Workload ids judged for a protocol entry: its names matched against the workload id
+    or scenario name (each match judged), or every workload for ``all``."""
+    if runs.empty:
+        return [] if names == "all" else list(names)
+    present = list(dict.fromkeys(runs["workload"]))
+    if names == "all":
+        return present
+    out: list[str] = []
+    for name in names:
+        hits = [
+            w
+            for w in present
+            if w == name or (runs.loc[runs["workload"] == w, "scenario"] == name).any()
         ]
-    ]
-    if eligible.empty:
-        claim.measured = (
-            f"{len(no_room)} unbalanced workload(s), none with an ideal speedup >= {GAIN_MIN:g}x"
-        )
-        return claim
-    thr = float(eligible["throughput_gain"].median())
-    lat = float(eligible["latency_gain"].median())
-    batch = float(eligible["batch_latency_gain"].median())
-    tail = float(eligible["tail_gain"].median())
-    improved = int(
-        ((eligible["throughput_gain"] >= GAIN_MIN) & (eligible["latency_gain"] >= GAIN_MIN)).sum()
-    )
-    claim.verdict = SUPPORTED if thr >= GAIN_MIN and lat >= GAIN_MIN else NOT_SUPPORTED
-    claim.measured = (
-        f"throughput x{_fmt(thr)}, median time per iteration x{_fmt(lat)} (medians; not "
-        f"judged: p99 time per iteration x{_fmt(tail)}, batch latency p50 x{_fmt(batch)}); "
-        f"{improved} of {len(eligible)} workload(s) improve both"
-    )
-    if len(no_room):
-        claim.measured += f"; {len(no_room)} more without room in theory: " + ", ".join(
-            no_room["workload"]
-        )
-    claim.numbers = {
-        "Throughput": _fmt(thr),
-        "Latency": _fmt(lat),
-        "Improved": str(improved),
-        "Eligible": str(len(eligible)),
-        "NoRoom": str(len(no_room)),
-    }
-    return claim
+        out.extend(hits or [name])  # a name with no runs stays, to be reported as missing
+    return list(dict.fromkeys(out))
 
 
-def _delayed_bls_vs_mpi(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median speedup over mpi and ideal speedup per delayed workload and BLS series."""
-    df = bp.with_speedup(runs, how="mpi")
-    df = df[(df["collective"] == "bls") & (df["scenario_class"] == "delayed")]
-    df = df[df["speedup"].notna()]
+def _repetition_column(runs: pd.DataFrame) -> str | None:
+    return next((c for c in REPETITION_COLUMNS if c in runs.columns), None)
+
+
+def _best_sync(df: pd.DataFrame, protocol: Mapping[str, Any]) -> str | None:
+    sync = protocol["synchronous"]
+    metric = sync["metric"]
+    cand = df[df["series"].isin(sync["series"])]
+    if cand.empty:
+        return None
+    med = cand.groupby("series")[metric].median()
+    # Ties go to the series listed first in the protocol.
+    order = {s: i for i, s in enumerate(sync["series"])}
+    best = max(med.index, key=lambda s: (med[s], -order[s]))
+    return str(best)
+
+
+def _per_rep(df: pd.DataFrame, rep: str | None, column: str) -> pd.Series:
+    if rep is None:
+        return df[column].astype("float64").reset_index(drop=True)
+    return df.groupby(rep)[column].median().astype("float64")
+
+
+def _judge_ratio(
+    runs: pd.DataFrame,
+    workload: str,
+    lag: int,
+    entry: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+) -> Judgement:
+    st = protocol["statistics"]
+    series = bp.series_label("bls", lag)
+    df = runs[runs["workload"] == workload] if not runs.empty else runs
+    empty = Judgement(workload, series, NA, 0, math.nan, math.nan, math.nan, NOT_TESTED)
     if df.empty:
-        return pd.DataFrame(columns=["workload", "series", "lag", "speedup", "ideal_speedup"])
-    out = (
-        df.groupby(["workload", "series"])
-        .agg(
-            speedup=("speedup", "median"),
-            ideal_speedup=("ideal_speedup", "median"),
-            ideal_efficiency=("ideal_efficiency", "median"),
+        empty.note = "no runs"
+        return empty
+    base = _best_sync(df, protocol)
+    target = df[df["series"] == series]
+    if base is None or target.empty:
+        empty.note = f"no {series} run" if target.empty else "no synchronous run"
+        empty.baseline = base or NA
+        return empty
+    baseline = df[df["series"] == base]
+    metric = protocol["synchronous"]["metric"]
+    rep = _repetition_column(df)
+    paired = bool(st["paired"]) and rep is not None
+    num = _per_rep(target, rep if paired else None, metric)
+    den = _per_rep(baseline, rep if paired else None, metric)
+    ideal = (
+        _per_rep(target, rep if paired else None, "ideal_speedup")
+        if ("ideal_speedup" in target.columns)
+        else pd.Series(dtype="float64")
+    )
+    note = "" if paired else "unpaired (no repetition column)"
+    if paired:
+        common = num.index.intersection(den.index)
+        if entry["metric"] == "ideal_fraction":
+            common = common.intersection(ideal.dropna().index)
+        num, den = num.loc[common], den.loc[common]
+        ideal = ideal.loc[common] if entry["metric"] == "ideal_fraction" else ideal
+    if entry["metric"] == "ideal_fraction":
+        ideal = ideal.dropna()
+        if ideal.empty:
+            empty.baseline = base
+            empty.note = "no ideal speedup in the runs table"
+            return empty
+        # paired: each repetition's own ideal; unpaired: the median ideal of the series
+        den = den * ideal.to_numpy() if paired else den * float(ideal.median())
+    n = int(min(len(num), len(den)))
+    if n == 0:
+        empty.baseline = base
+        empty.note = "no repetition with both series"
+        return empty
+    point, low, high = stats.ratio_ci(
+        num.to_numpy(),
+        den.to_numpy(),
+        paired=paired,
+        confidence=float(st["confidence"]),
+        n_resamples=int(st["n_resamples"]),
+        seed=int(st["seed"]),
+    )
+    verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
+    if n < int(st["min_repetitions"]) and verdict != INCONCLUSIVE:
+        note = ", ".join(x for x in (note, f"{n} of {st['min_repetitions']} repetitions") if x)
+        verdict = INCONCLUSIVE
+    return Judgement(
+        workload=workload,
+        series=series,
+        baseline=base,
+        repetitions=n,
+        point=point,
+        low=low,
+        high=high,
+        verdict=verdict,
+        ideal=float(ideal.median()) if len(ideal) else math.nan,
+        note=note,
+    )
+
+
+def _figure_command(entry: Mapping[str, Any]) -> str:
+    fig = entry.get("figure")
+    return FIGURE_COMMAND.format(name=fig) if fig else CLAIMS_COMMAND
+
+
+def _base_claim(entry: Mapping[str, Any]) -> Claim:
+    threshold = NA
+    if "threshold" in entry:
+        threshold = stats.describe_threshold(entry["threshold"], what="95% CI")
+    elif entry.get("metric") == "checksums_identical":
+        threshold = "one checksum per workload"
+    return Claim(
+        key=str(entry["key"]),
+        part=str(entry.get("part", "")),
+        macro=str(entry["macro"]),
+        claim=str(entry["summary"]),
+        words=" ".join(str(entry.get("words", "")).split()),
+        figure=str(entry.get("figure") or NA),
+        command=_figure_command(entry),
+        metric=str(entry.get("metric", NA)),
+        threshold=threshold,
+        measured=NA,
+        verdict=NOT_TESTED,
+    )
+
+
+def _margin(j: Judgement, threshold: Mapping[str, Any]) -> float:
+    """How far the interval clears its threshold (negative: it does not): the judgement
+    with the smallest margin is the one the paper's macros quote."""
+    op = threshold["op"]
+    if op == "within":
+        return min(j.low - float(threshold["low"]), float(threshold["high"]) - j.high)
+    if op in (">", ">="):
+        return j.low - float(threshold["value"])
+    return float(threshold["value"]) - j.high
+
+
+def _ratio_claim(runs: pd.DataFrame, entry: Mapping[str, Any], protocol: Mapping) -> Claim:
+    claim = _base_claim(entry)
+    confidence = float(protocol["statistics"]["confidence"])
+    claim.threshold = stats.describe_threshold(entry["threshold"], what=f"{confidence:.0%} CI")
+    names = _workloads(runs, entry["workloads"])
+    js = [
+        _judge_ratio(runs, w, int(lag), entry, protocol)
+        for w in names
+        for lag in entry["lag_bounds"]
+    ]
+    claim.judgements = js
+    claim.verdict = combine([j.verdict for j in js])
+    parts = []
+    for j in js:
+        where = f"{j.workload}, {j.series}"
+        if math.isfinite(j.point):
+            extra = f"; n={j.repetitions} vs {j.baseline}"
+            if entry["metric"] == "ideal_fraction":
+                extra += f"; ideal x{_fmt(j.ideal)}"
+            parts.append(f"{_ci_text(j)} ({where}{extra}{'; ' + j.note if j.note else ''})")
+        else:
+            parts.append(f"not measured ({where}: {j.note})")
+    claim.measured = "; ".join(parts) if parts else "no judged workload"
+    decisive = min(
+        (j for j in js if math.isfinite(j.point)),
+        key=lambda j: (_RANK[j.verdict], _margin(j, entry["threshold"])),
+        default=None,
+    )
+    claim.numbers = {
+        "Verdict": claim.verdict,
+        "Measured": claim.measured,
+        "Point": _fmt(decisive.point) if decisive else NA,
+        "Low": _fmt(decisive.low) if decisive else NA,
+        "High": _fmt(decisive.high) if decisive else NA,
+        "Threshold": claim.threshold,
+        "Workloads": ", ".join(dict.fromkeys(j.workload for j in js)) or NA,
+        "Lag": ", ".join(str(x) for x in entry["lag_bounds"]),
+        "Repetitions": str(min((j.repetitions for j in js), default=0)) if js else NA,
+    }
+    if entry["metric"] == "ideal_fraction":
+        claim.numbers["Ideal"] = _fmt(decisive.ideal) if decisive else NA
+    if js:
+        claim.details = pd.DataFrame(
+            [
+                {
+                    "workload": j.workload,
+                    "series": j.series,
+                    "best synchronous": j.baseline,
+                    "n": j.repetitions,
+                    "point": j.point,
+                    "CI low": j.low,
+                    "CI high": j.high,
+                    **({"ideal": j.ideal} if entry["metric"] == "ideal_fraction" else {}),
+                    "verdict": j.verdict,
+                    "note": j.note,
+                }
+                for j in js
+            ]
         )
-        .reset_index()
-    )
-    out["lag"] = [int(s.split("=", 1)[1]) for s in out["series"]]
-    return out
-
-
-def claim_masking(runs: pd.DataFrame) -> Claim:
-    per = _delayed_bls_vs_mpi(runs)
-    claim = Claim(
-        key="c",
-        macro="Masked",
-        claim="At best, BLS masks the delays altogether",
-        test=(
-            "Fig. 3: measured speedup of the largest lag bound over mpi / ideal speedup "
-            "(theory), best delayed workload"
-        ),
-        command=FIGURE_COMMAND.format(name="fig3_speedup_vs_lag"),
-        measured=NA,
-        threshold=f">= {MASKED_MIN:.0%} of the ideal speedup",
-        verdict=NOT_TESTED,
-    )
-    claim.numbers = {"Fraction": NA, "Workload": NA, "Lag": NA, "Efficiency": NA}
-    if per.empty:
-        claim.measured = "no delayed workload with BLS and mpi runs"
-        return claim
-    top = per.loc[per.groupby("workload")["lag"].idxmax()].copy()
-    top["attained"] = top["speedup"] / top["ideal_speedup"]
-    claim.details = top[["workload", "series", "speedup", "ideal_speedup", "attained"]]
-    # Where the theory leaves nothing to mask (a fixed straggler), the ratio says nothing.
-    room = top[top["ideal_speedup"] >= GAIN_MIN]
-    if room.empty:
-        claim.measured = f"no delayed workload with an ideal speedup >= {GAIN_MIN:g}x"
-        return claim
-    best = room.loc[room["attained"].idxmax()]
-    frac = float(best["attained"])
-    claim.verdict = SUPPORTED if frac >= MASKED_MIN else NOT_SUPPORTED
-    claim.measured = (
-        f"{_pct(frac)} of the ideal speedup ({best['workload']}, L={int(best['lag'])}: "
-        f"x{_fmt(float(best['speedup']))} of x{_fmt(float(best['ideal_speedup']))})"
-    )
-    claim.numbers = {
-        "Fraction": _pct(frac),
-        "Workload": str(best["workload"]),
-        "Lag": str(int(best["lag"])),
-        "Efficiency": _pct(float(best["ideal_efficiency"])),
-    }
     return claim
 
 
-def claim_speedup(runs: pd.DataFrame) -> Claim:
-    per = _delayed_bls_vs_mpi(runs)
-    claim = Claim(
-        key="d",
-        macro="Speedup",
-        claim=f"End-to-end speedup of over {SPEEDUP_CLAIM:g}x",
-        test="Fig. 3: largest speedup of any BLS lag bound over mpi, delayed workloads",
-        command=FIGURE_COMMAND.format(name="fig3_speedup_vs_lag"),
-        measured=NA,
-        threshold=f"> {SPEEDUP_CLAIM:g}x",
-        verdict=NOT_TESTED,
-    )
-    claim.numbers = {"Max": NA, "Ideal": NA, "Workload": NA, "Lag": NA}
-    if per.empty:
-        claim.measured = "no delayed workload with BLS and mpi runs"
-        return claim
-    best = per.loc[per["speedup"].idxmax()]
-    value = float(best["speedup"])
-    claim.verdict = SUPPORTED if value > SPEEDUP_CLAIM else NOT_SUPPORTED
-    claim.measured = (
-        f"x{_fmt(value)} ({best['workload']}, L={int(best['lag'])}; "
-        f"ideal x{_fmt(float(best['ideal_speedup']))})"
-    )
-    claim.numbers = {
-        "Max": _fmt(value),
-        "Ideal": _fmt(float(best["ideal_speedup"])),
-        "Workload": str(best["workload"]),
-        "Lag": str(int(best["lag"])),
-    }
-    claim.details = per[["workload", "series", "speedup", "ideal_speedup"]]
-    return claim
-
-
-def claim_accuracy(runs: pd.DataFrame, per_iteration: pd.DataFrame | None = None) -> Claim:
-    claim = Claim(
-        key="e",
-        macro="Accuracy",
-        claim="Accuracy is fully preserved (inference only)",
-        test="runs.predictions_checksum equal for every collective and lag bound of a workload",
-        command=CLAIMS_COMMAND,
-        measured=NA,
-        threshold="bit-identical in every workload",
-        verdict=NOT_TESTED,
-    )
-    claim.numbers = {"Identical": NA, "Workloads": NA, "Runs": NA, "Iterations": NA}
+def _accuracy_claim(
+    runs: pd.DataFrame,
+    per_iteration: pd.DataFrame | None,
+    entry: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+) -> Claim:
+    claim = _base_claim(entry)
+    claim.numbers = {"Verdict": NOT_TESTED, "Identical": NA, "Workloads": NA}
+    claim.numbers |= {"Runs": NA, "Iterations": NA}
     if runs.empty or "predictions_checksum" not in runs.columns:
         claim.measured = "no runs with prediction checksums"
         return claim
-    groups = runs.groupby("workload").agg(
-        series=("series", "nunique"),
-        runs=("run_id", "count"),
-        checksums=("predictions_checksum", "nunique"),
+    names = _workloads(runs, entry["workloads"])
+    per_it = None
+    if per_iteration is not None and {"run_id", "checksum", "iteration"} <= set(
+        per_iteration.columns
+    ):
+        wl = runs.set_index("run_id")["workload"]
+        per_it = per_iteration.assign(workload=per_iteration["run_id"].map(wl))
+    rows, verdicts = [], []
+    n_iterations = 0
+    for w in names:
+        df = runs[runs["workload"] == w]
+        sums = df["predictions_checksum"].dropna().astype(str)
+        row = {
+            "workload": w,
+            "series": int(df["series"].nunique()) if len(df) else 0,
+            "runs": len(sums),
+            "checksums": int(sums.nunique()),
+            "iterations": NA,
+            "differing iterations": NA,
+        }
+        ok = row["checksums"] == 1
+        if per_it is not None:
+            its = per_it[per_it["workload"] == w]
+            n_iterations += len(its)
+            differing = int((its.groupby("iteration")["checksum"].nunique() > 1).sum())
+            row["iterations"], row["differing iterations"] = len(its), differing
+            ok = ok and differing == 0
+        if len(sums) < 2:
+            v = NOT_TESTED
+        elif len(sums) < len(df):
+            v = NOT_SUPPORTED  # a run without a checksum cannot be shown identical
+        else:
+            v = SUPPORTED if ok else NOT_SUPPORTED
+        row["verdict"] = v
+        rows.append(row)
+        verdicts.append(v)
+    claim.verdict = combine(verdicts)
+    tested = [r for r in rows if r["verdict"] != NOT_TESTED]
+    identical = sum(r["verdict"] == SUPPORTED for r in tested)
+    n_runs = sum(r["runs"] for r in tested)
+    claim.measured = (
+        f"{identical} of {len(tested)} workload(s) bit-identical across {n_runs} runs"
+        if tested
+        else "no workload with two or more runs"
     )
-    tested = groups[groups["series"] >= 2]
-    if tested.empty:
-        claim.measured = "no workload was run with two or more collectives or lag bounds"
-        return claim
-    identical = int((tested["checksums"] == 1).sum())
-    claim.verdict = SUPPORTED if identical == len(tested) else NOT_SUPPORTED
-    n_runs = int(tested["runs"].sum())
-    claim.measured = f"{identical} of {len(tested)} workload(s) bit-identical across {n_runs} runs"
-    iterations = NA
-    if per_iteration is not None and {"run_id", "checksum"} <= set(per_iteration.columns):
-        in_tested = runs.loc[runs["workload"].isin(tested.index), "run_id"]
-        iterations = str(int(per_iteration["run_id"].isin(in_tested).sum()))
-        claim.measured += f" ({iterations} iteration checksums)"
+    if per_it is not None and tested:
+        claim.measured += f" ({n_iterations} iteration checksums)"
     claim.numbers = {
-        "Identical": str(identical),
-        "Workloads": str(len(tested)),
-        "Runs": str(n_runs),
-        "Iterations": iterations,
+        "Verdict": claim.verdict,
+        "Identical": str(identical) if tested else NA,
+        "Workloads": str(len(tested)) if tested else NA,
+        "Runs": str(n_runs) if tested else NA,
+        "Iterations": str(n_iterations) if per_it is not None and tested else NA,
     }
-    claim.details = tested.reset_index()
+    claim.details = pd.DataFrame(rows) if rows else None
     return claim
 
 
-def evaluate(runs: pd.DataFrame, per_iteration: pd.DataFrame | None = None) -> list[Claim]:
-    """Test claims (a)-(e) on a runs table (raw or annotated); see the module docstring."""
-    runs = runs if "workload" in runs.columns else bp.annotate_runs(runs)
+def _not_tested_claim(entry: Mapping[str, Any]) -> Claim:
+    claim = _base_claim(entry)
+    reason = " ".join(str(entry["not_tested"]).split())
+    claim.measured = reason
+    claim.numbers = {"Verdict": NOT_TESTED, "Reason": reason}
+    return claim
+
+
+def _judge(
+    runs: pd.DataFrame,
+    per_iteration: pd.DataFrame | None,
+    entry: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+) -> Claim:
+    if "not_tested" in entry:
+        return _not_tested_claim(entry)
+    if entry["metric"] in RATIO_METRICS:
+        return _ratio_claim(runs, entry, protocol)
+    return _accuracy_claim(runs, per_iteration, entry, protocol)
+
+
+def evaluate(
+    runs: pd.DataFrame,
+    per_iteration: pd.DataFrame | None = None,
+    protocol: Mapping[str, Any] | None = None,
+) -> list[Claim]:
+    """Judge the protocol's claims (in its order) on a runs table (raw or annotated)."""
+    protocol = protocol if protocol is not None else load_protocol()
+    runs = _slim(runs, protocol)
+    return [_judge(runs, per_iteration, e, protocol) for e in protocol["claims"]]
+
+
+def evaluate_checks(
+    runs: pd.DataFrame,
+    per_iteration: pd.DataFrame | None = None,
+    protocol: Mapping[str, Any] | None = None,
+) -> list[Claim]:
+    """The protocol's reported checks (not claims of the paper), judged the same way."""
+    protocol = protocol if protocol is not None else load_protocol()
+    runs = _slim(runs, protocol)
+    return [_judge(runs, per_iteration, e, protocol) for e in protocol.get("checks") or ()]
+
+
+def exploration(runs: pd.DataFrame, protocol: Mapping[str, Any]) -> pd.DataFrame:
+    """Every BLS lag bound of every workload against its best synchronous series, with
+    intervals; the best lag bound per workload is marked. Not judged: a best-L view picked
+    after the runs."""
+    runs = _slim(runs, protocol)
+    cols = ["workload", "series", "n", "ratio", "CI low", "CI high", "ideal", "best L"]
     if runs.empty:
-        med = pd.DataFrame(columns=["workload", "series", "collective", "scenario_class"])
-    else:
-        med = _medians(runs)
-    return [
-        claim_balanced(med),
-        claim_unbalanced(med),
-        claim_masking(runs),
-        claim_speedup(runs),
-        claim_accuracy(runs, per_iteration),
-    ]
+        return pd.DataFrame(columns=cols)
+    rows = []
+    entry = {"metric": "throughput_ratio", "threshold": {"op": ">", "value": 1.0}}
+    for w in dict.fromkeys(runs["workload"]):
+        df = runs[runs["workload"] == w]
+        lags = sorted(
+            {int(x) for x in df.loc[df["collective"] == "bls", "lag_bound"].dropna()} - {0}
+        )
+        for lag in lags:
+            j = _judge_ratio(runs, w, lag, entry, protocol)
+            if not math.isfinite(j.point):
+                continue
+            rows.append(
+                {
+                    "workload": w,
+                    "series": j.series,
+                    "n": j.repetitions,
+                    "ratio": j.point,
+                    "CI low": j.low,
+                    "CI high": j.high,
+                    "ideal": j.ideal,
+                    "best L": "",
+                }
+            )
+    out = pd.DataFrame(rows, columns=cols)
+    if not out.empty:
+        best = out.groupby("workload")["ratio"].idxmax()
+        out.loc[best, "best L"] = "best"
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -517,25 +734,25 @@ def _join(values: Sequence[Any]) -> str:
     return ", ".join(str(v) for v in values) if len(values) else NA
 
 
+_SWEEP_KEYS = (
+    "Runs",
+    "Workloads",
+    "Scenarios",
+    "Series",
+    "Ranks",
+    "LagBounds",
+    "Iterations",
+    "Repetitions",
+    "SamplesPerIteration",
+    "DelaySizes",
+)
+
+
 def sweep_info(runs: pd.DataFrame) -> dict[str, str]:
     """What the sweep covered, for the setup section of the paper."""
-    runs = runs if "workload" in runs.columns or runs.empty else bp.annotate_runs(runs)
+    runs = _annotated(runs)
     if runs.empty:
-        return {
-            k: NA
-            for k in (
-                "Runs",
-                "Workloads",
-                "Scenarios",
-                "Series",
-                "Ranks",
-                "LagBounds",
-                "Iterations",
-                "Repetitions",
-                "SamplesPerIteration",
-                "DelaySizes",
-            )
-        }
+        return dict.fromkeys(_SWEEP_KEYS, NA)
     lags = sorted({int(v) for v in runs.loc[runs["collective"] == "bls", "lag_bound"].dropna()})
     series = sorted(runs["series"].unique(), key=bp.series_sort_key)
     reps = runs.groupby(["workload", "series"])["run_id"].count()
@@ -557,12 +774,143 @@ def sweep_info(runs: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def _columns_by_key(runs: pd.DataFrame, *words: str) -> list[str]:
+    """Columns whose last dotted key contains one of ``words`` (header or config alike)."""
+    return [c for c in runs.columns if any(w in c.rsplit(".", 1)[-1].lower() for w in words)]
+
+
+def _distinct(runs: pd.DataFrame, columns: Sequence[str]) -> str:
+    values: list[str] = []
+    for c in columns:
+        for v in runs[c].dropna().unique():
+            text = f"{v}"
+            if text not in values:
+                values.append(text)
+    return _join(values)
+
+
+def _by_workload(runs: pd.DataFrame, column: str) -> str:
+    """``value`` if one value over all runs, else ``value (workloads); ...``."""
+    if column not in runs.columns:
+        return NA
+    groups = runs.groupby(runs[column].astype(str))["workload"].unique()
+    if len(groups) == 1:
+        return str(groups.index[0])
+    return "; ".join(f"{k} ({', '.join(map(str, v))})" for k, v in groups.items())
+
+
+def _data_source(runs: pd.DataFrame) -> str:
+    cols = [c for c in ("config.dataset", "config.tags.dataset", "config.tags.data") if c in runs]
+    if not cols:
+        return NA
+    text = runs[cols].astype(str).agg(" ".join, axis=1).str.lower()
+    criteo = text.str.contains("criteo")
+    if criteo.all():
+        return "Criteo (real click logs, preprocessed)"
+    if not criteo.any():
+        return "synthetic (seeded generator, `bls-dlrm make-data`)"
+    return "synthetic and Criteo (see the workloads below)"
+
+
+def _stress(runs: pd.DataFrame, protocol: Mapping[str, Any]) -> list[str]:
+    named = set(_workloads(runs, protocol.get("stress_workloads") or []))
+    if "scenario_class" in runs.columns:
+        named |= set(runs.loc[runs["scenario_class"] == "stress", "workload"])
+    return sorted(named & set(runs["workload"]))
+
+
+def run_info(runs: pd.DataFrame, protocol: Mapping[str, Any]) -> dict[str, str]:
+    """What was run, for the opening of the claims table: data, delays, placement, counts."""
+    runs = _annotated(runs)
+    if runs.empty:
+        return {}
+    delayed = runs[runs["scenario_class"] == "delayed"] if "scenario_class" in runs else runs
+    kinds = sorted(set(delayed["delay_kind"])) if len(delayed) else []
+    delay_modes = _distinct(
+        runs, [c for c in runs.columns if c.startswith("config.delay.") and c.endswith("mode")]
+    )
+    delays = "none"
+    if kinds:
+        delays = f"{_join(kinds)} (workloads {_join(sorted(set(delayed['workload'])))})"
+        if delay_modes != NA:
+            delays += f"; delay mode {delay_modes}"
+    return {
+        "Data": _data_source(runs),
+        "Injected delays": delays,
+        "Ranks per run": _by_workload(runs, "world_size"),
+        "Placement": _by_workload(runs, "placement"),
+        "Cores per rank": _distinct(runs, _columns_by_key(runs, "cores_per_rank")),
+        "Hosts per run": _most_common_text(runs, "hosts"),
+        "Repetitions": sweep_info(runs)["Repetitions"],
+        "Measured iterations per run": _join(sorted(runs["measured_iterations"].unique())),
+        "Series order seed": _distinct(runs, _columns_by_key(runs, "shuffle", "order_seed")),
+        "Stress scenarios (never judged)": _join(_stress(runs, protocol)),
+    }
+
+
+def workload_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload: class, delay, placement, ranks, repetitions, and the room the
+    theory leaves (median ideal speedup of the BLS series with the largest lag bound), with
+    the per-rank work spread where the tables carry it (columns named ``*work_cv*``)."""
+    runs = _annotated(runs)
+    if runs.empty:
+        return pd.DataFrame()
+    cv_cols = [c for c in runs.columns if "work_cv" in c.lower()]
+    rep = _repetition_column(runs)
+    rows = []
+    for w, df in runs.groupby("workload", sort=False):
+        bls = df[df["collective"] == "bls"].dropna(subset=["lag_bound"])
+        top = bls[bls["lag_bound"] == bls["lag_bound"].max()] if len(bls) else bls
+        row = {
+            "workload": w,
+            "class": df["scenario_class"].iloc[0] if "scenario_class" in df else NA,
+            "delay": f"{df['delay_kind'].iloc[0]} {_fmt(df['delay_ms'].iloc[0], 1)} ms"
+            if df["delay_kind"].iloc[0] not in bp.NO_DELAY_KINDS
+            else "none",
+            "placement": df["placement"].iloc[0] if "placement" in df else NA,
+            "ranks": _join(sorted(df["world_size"].unique())),
+            "repetitions": int(df[rep].nunique()) if rep else NA,
+            "series": int(df["series"].nunique()),
+            "ideal speedup (largest L)": float(top["ideal_speedup"].median())
+            if len(top) and "ideal_speedup" in top
+            else math.nan,
+        }
+        for c in cv_cols:
+            row[c] = float(pd.to_numeric(df[c], errors="coerce").median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------------------
 # Output
 
 
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value, 3)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.map(_cell).to_markdown(index=False)
+
+
+def _claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "": c.label,
+                "Claim": c.claim,
+                "Paper's words": f"“{c.words}”" if c.words else NA,
+                "Figure": c.figure,
+                "Command": f"`{c.command}`",
+                "Measured: point [95% CI]": c.measured,
+                "Threshold": c.threshold,
+                "Verdict": f"**{c.verdict}**",
+            }
+            for c in claims
+        ]
+    )
 
 
 def render_markdown(
@@ -570,25 +918,58 @@ def render_markdown(
     machine: Mapping[str, str],
     sweep: Mapping[str, str],
     tables_dir: str = "results/tables",
+    *,
+    protocol: Mapping[str, Any] | None = None,
+    checks: Sequence[Claim] = (),
+    setup: Mapping[str, str] | None = None,
+    explore: pd.DataFrame | None = None,
+    workloads: pd.DataFrame | None = None,
 ) -> str:
-    """The claims table, the machine and the sweep, then per-claim details, as Markdown."""
+    """The claims table with what was run, the checks, the machine and the sweep, then
+    per-claim details and the labeled exploration, as Markdown."""
+    protocol = protocol if protocol is not None else load_protocol()
+    paper, st = protocol["paper"], protocol["statistics"]
+    title = " ".join(paper["title"].split())
     lines = [
         "# Claims of the paper, tested on this machine",
         "",
-        f"Written by `python -m bls_dlrm.claims` from `{tables_dir}/runs.parquet`. "
-        "Thresholds are named constants in `src/bls_dlrm/claims.py`; every number is a "
-        "median over the repetitions of a workload. *not tested here* means the sweep "
-        "lacks the runs the test needs.",
+        f"{' '.join(paper['reimplementation'].split())} Paper: {', '.join(paper['authors'])}, "
+        f"“{title}”, arXiv {paper['arxiv']} ({paper['year']}).",
         "",
-        "| | Claim (abstract) | Tested by | Command | Measured | Threshold | Verdict |",
-        "|---|---|---|---|---|---|---|",
+        "## What was run",
+        "",
     ]
-    for c in claims:
-        lines.append(
-            f"| ({c.key}) | {_md(c.claim)} | {_md(c.test)} | `{c.command}` | "
-            f"{_md(c.measured)} | {_md(c.threshold)} | **{c.verdict}** |"
-        )
-    lines += ["", "## Machine", "", "| | |", "|---|---|"]
+    if setup:
+        lines += [_table(pd.DataFrame({"": list(setup), "value": list(setup.values())})), ""]
+        if workloads is not None and not workloads.empty:
+            lines += [_table(workloads), ""]
+    else:
+        lines += ["No runs in the tables.", ""]
+    lines += [
+        "## Claims",
+        "",
+        f"Judged by the protocol `{protocol.get('_path', PROTOCOL_PATH)}` (sha256 "
+        f"`{str(protocol.get('_sha256', NA))[:16]}`), fixed before the runs: it names each "
+        "claim's workloads, metric, lag bound and threshold. Ratios are over the best "
+        "synchronous series of the same workload (of "
+        f"{', '.join(protocol['synchronous']['series'])}: the highest median throughput), "
+        f"paired by repetition; intervals are {st['confidence']:.0%} bootstrap intervals "
+        f"(BCa, {st['n_resamples']} resamples, seed {st['seed']}). *supported*: the whole "
+        "interval clears the threshold; *not supported*: it lies wholly on the wrong side; "
+        "*inconclusive*: it straddles the threshold, or fewer than "
+        f"{st['min_repetitions']} repetitions; *not tested here*: the sweep lacks the runs "
+        f"or another experiment judges it. Tables: `{tables_dir}`.",
+        "",
+        _table(_claims_frame(claims)),
+    ]
+    if checks:
+        lines += [
+            "",
+            "## Checks (reported, not claims of the paper)",
+            "",
+            _table(_claims_frame(checks).drop(columns=["Paper's words"])),
+        ]
+    lines += ["", "## Machine", ""]
     labels = {
         "CPU": "CPU model",
         "Cores": "Cores (usable)",
@@ -600,23 +981,25 @@ def render_markdown(
         "MpiPy": "mpi4py (runs)",
         "Hosts": "Hosts per run",
     }
-    lines += [f"| {labels.get(k, k)} | {_md(v)} |" for k, v in machine.items()]
-    lines += ["", "## Sweep", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {_md(v)} |" for k, v in sweep.items()]
-    for c in claims:
+    keys = [labels.get(k, k) for k in machine]
+    lines += [_table(pd.DataFrame({"": keys, "value": list(machine.values())}))]
+    lines += ["", "## Sweep", ""]
+    lines += [_table(pd.DataFrame({"": list(sweep), "value": list(sweep.values())}))]
+    for c in [*claims, *checks]:
         if c.details is None or c.details.empty:
             continue
-        lines += ["", f"## ({c.key}) {c.claim}", "", _frame_md(c.details)]
+        lines += ["", f"## {c.label} {c.claim}", "", _table(c.details)]
+    if explore is not None and not explore.empty:
+        lines += [
+            "",
+            "## Exploration (not judged): every lag bound against the best synchronous series",
+            "",
+            "Picked after the runs, so no verdict rests on it: the lag bound marked *best* "
+            "is the one with the highest ratio in that workload.",
+            "",
+            _table(explore),
+        ]
     return "\n".join(lines) + "\n"
-
-
-def _frame_md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        cells = [_fmt(v, 3) if isinstance(v, float) else _md(v) for v in row]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
 
 
 _LATEX_SPECIAL = {
@@ -630,6 +1013,10 @@ _LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    ">": r"$>$",
+    "<": r"$<$",
 }
 
 
@@ -639,7 +1026,7 @@ def latex_escape(text: str) -> str:
 
 
 def macro_name(*parts: str) -> str:
-    """``Claim`` + parts, letters only (TeX control words cannot hold digits or dashes)."""
+    """Parts joined, letters only (TeX control words cannot hold digits or dashes)."""
     name = "".join(re.sub(r"[^A-Za-z]", "", p[:1].upper() + p[1:]) for p in parts if p)
     if not name:
         raise ValueError("empty macro name")
@@ -647,18 +1034,23 @@ def macro_name(*parts: str) -> str:
 
 
 def macro_values(
-    claims: Sequence[Claim], machine: Mapping[str, str], sweep: Mapping[str, str]
+    claims: Sequence[Claim],
+    machine: Mapping[str, str],
+    sweep: Mapping[str, str],
+    protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every macro the paper may use -> its plain-text value (not yet escaped)."""
     values: dict[str, str] = {}
     for c in claims:
-        values[macro_name("Claim", c.macro, "Verdict")] = c.verdict
         for stem, value in c.numbers.items():
             values[macro_name("Claim", c.macro, stem)] = value
-    values["ThresholdBalanced"] = f"{BALANCED_TOLERANCE:.0%}"
-    values["ThresholdGain"] = f"{GAIN_MIN:g}"
-    values["ThresholdMasked"] = f"{MASKED_MIN:.0%}"
-    values["ThresholdSpeedup"] = f"{SPEEDUP_CLAIM:g}"
+    if protocol is not None:
+        st = protocol["statistics"]
+        values["ProtocolConfidence"] = f"{float(st['confidence']):.0%}"
+        values["ProtocolResamples"] = str(st["n_resamples"])
+        values["ProtocolMinRepetitions"] = str(st["min_repetitions"])
+        values["ProtocolDigest"] = str(protocol.get("_sha256", NA))[:16]
+        values["ProtocolSynchronous"] = ", ".join(protocol["synchronous"]["series"])
     for key, value in machine.items():
         prefix = "Version" if key in ("Python", "Torch", "MPI", "MpiPy") else "Machine"
         values[macro_name(prefix, key)] = value
@@ -668,14 +1060,18 @@ def macro_values(
 
 
 def render_macros(
-    claims: Sequence[Claim], machine: Mapping[str, str], sweep: Mapping[str, str]
+    claims: Sequence[Claim],
+    machine: Mapping[str, str],
+    sweep: Mapping[str, str],
+    protocol: Mapping[str, Any] | None = None,
 ) -> str:
-    """``\\newcommand{\\Name}{value}`` for every number the paper quotes."""
+    """``\\newcommand{\\Name}{value}`` for every number the paper quotes (claims and checks
+    alike: pass both lists concatenated)."""
     lines = [
         "% Generated by `python -m bls_dlrm.claims`; do not edit (git-ignored).",
         "% Every number the paper quotes is one of these macros.",
     ]
-    for name, value in macro_values(claims, machine, sweep).items():
+    for name, value in macro_values(claims, machine, sweep, protocol).items():
         lines.append(f"\\newcommand{{\\{name}}}{{{latex_escape(value)}}}")
     return "\n".join(lines) + "\n"
 
@@ -690,13 +1086,19 @@ def _write(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bls_dlrm.claims",
-        description="Test the paper's claims on a sweep's tables; write the claims table "
-        "(Markdown) and the paper's number macros (LaTeX).",
+        description="Judge the paper's claims on a sweep's tables by the protocol; write the "
+        "claims table (Markdown) and the paper's number macros (LaTeX).",
     )
     parser.add_argument("--tables", type=Path, default=Path("results/tables"))
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL_PATH)
     parser.add_argument("--out", type=Path, default=Path("results/claims.md"))
     parser.add_argument("--macros", type=Path, default=Path("paper/macros.tex"))
     args = parser.parse_args(argv)
+    try:
+        protocol = load_protocol(args.protocol)
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     runs_path = args.tables / "runs.parquet"
     if not runs_path.is_file():
         print(f"error: {runs_path}: no such table (run `bls-dlrm tables`)", file=sys.stderr)
@@ -706,13 +1108,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_path = args.tables / "per_iteration.parquet"
     if per_path.is_file():
         per_iteration = pd.read_parquet(per_path, columns=["run_id", "iteration", "checksum"])
-    claims = evaluate(runs, per_iteration)
+    claims = evaluate(runs, per_iteration, protocol)
+    checks = evaluate_checks(runs, per_iteration, protocol)
     machine = machine_info(runs)
     sweep = sweep_info(runs)
-    _write(args.out, render_markdown(claims, machine, sweep, str(args.tables)))
-    _write(args.macros, render_macros(claims, machine, sweep))
-    for c in claims:
-        print(f"({c.key}) {c.verdict:>15}: {c.measured}")
+    text = render_markdown(
+        claims,
+        machine,
+        sweep,
+        str(args.tables),
+        protocol=protocol,
+        checks=checks,
+        setup=run_info(runs, protocol),
+        explore=exploration(runs, protocol),
+        workloads=workload_table(runs),
+    )
+    _write(args.out, text)
+    _write(args.macros, render_macros([*claims, *checks], machine, sweep, protocol))
+    for c in [*claims, *checks]:
+        print(f"{c.label} {c.verdict:>15}: {c.measured}")
     print(f"wrote {args.out} and {args.macros}")
     return 0
 

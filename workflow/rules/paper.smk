@@ -27,6 +27,8 @@ rule claims:
         runs=f"{PAPER_TABLES_DIR}/runs.parquet",
         per_iteration=f"{PAPER_TABLES_DIR}/per_iteration.parquet",
         code="src/bls_dlrm/claims.py",
+        protocol="config/protocol.yaml",
+        protocol_schema="workflow/schemas/protocol.schema.yaml",
     output:
         claims=CLAIMS_MD,
         macros=PAPER_MACROS,
@@ -40,7 +42,8 @@ rule claims:
         "Claims of the paper vs the measurements -> {output.claims}, {output.macros}"
     shell:
         '{params.python:q} -m bls_dlrm.claims --tables "$(dirname {input.runs:q})"'
-        " --out {output.claims:q} --macros {output.macros:q} > {log:q} 2>&1"
+        " --protocol {input.protocol:q} --out {output.claims:q} --macros {output.macros:q}"
+        " > {log:q} 2>&1"
 
 
 rule paper:
