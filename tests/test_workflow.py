@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -28,8 +29,9 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 TABLES = "results/tables/runs.parquet"
 SWEEP = "sweep"  # target rule: every run and the tables
 
-#: The sweep's axes in the order of the run folders' levels.
-PATH_AXES = ("scenario", "collective", "lag_bound", "ranks", "model", "seed", "rep")
+#: The axes of a launch in the order of the run folders' levels; each series of a launch
+#: then writes its own folder below (gloo, mpi, bls-L4, ...).
+PATH_AXES = ("scenario", "ranks", "model", "seed", "rep")
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -78,32 +80,38 @@ def load_config(path: Path) -> dict:
     }
     for scenario in cfg["scenarios"]:
         scenario["data"] = {**data_defaults, **scenario.get("data", {})}
+    cfg.setdefault("run", {})
+    cfg["run"].setdefault("binding", "core")
     return cfg
 
 
-def expected_design(cfg: dict) -> list[dict]:
+def expected_series(cfg: dict) -> list[tuple[str, int, str]]:
+    """(collective, lag bound, folder label) of every series a launch runs."""
     settings = []
     for collective in cfg["collectives"]:
         lags = cfg["lag_bounds"] if collective == "bls" else [0]
-        settings += [(collective, lag) for lag in lags]
+        for lag in lags:
+            label = f"bls-L{lag}" if collective == "bls" else collective
+            settings.append((collective, lag, label))
+    return settings
+
+
+def expected_launches(cfg: dict) -> list[dict]:
     return [
-        {
-            "scenario": s["name"],
-            "collective": c,
-            "lag_bound": lag,
-            "ranks": p,
-            "model": m["name"],
-            "seed": seed,
-            "rep": rep,
-        }
-        for s, (c, lag), p, m, seed, rep in itertools.product(
-            cfg["scenarios"],
-            settings,
-            cfg["ranks"],
-            cfg["models"],
-            cfg["seeds"],
-            range(cfg["repetitions"]),
+        {"scenario": s["name"], "ranks": p, "model": m["name"], "seed": seed, "rep": rep}
+        for s in cfg["scenarios"]
+        for p, m, seed, rep in itertools.product(
+            s.get("ranks") or cfg["ranks"], cfg["models"], cfg["seeds"], range(cfg["repetitions"])
         )
+    ]
+
+
+def expected_design(cfg: dict) -> list[dict]:
+    """One row per run: launch x series."""
+    return [
+        {**launch, "collective": c, "lag_bound": lag, "series": label}
+        for launch in expected_launches(cfg)
+        for c, lag, label in expected_series(cfg)
     ]
 
 
@@ -116,8 +124,12 @@ def expected_datasets(cfg: dict) -> set:
     }
 
 
-def run_path(row: dict) -> str:
+def launch_path(row: dict) -> str:
     return "results/runs/" + "/".join(f"{axis}~{row[axis]}" for axis in PATH_AXES)
+
+
+def run_path(row: dict) -> str:
+    return f"{launch_path(row)}/{row['series']}"
 
 
 # -- fast checks ---------------------------------------------------------------------------
@@ -144,6 +156,7 @@ def test_snakefmt_is_clean():
 def test_paper_dry_run_lists_every_run_and_the_core_hours():
     cfg = load_config(ROOT / "config" / "paper.yaml")
     design = expected_design(cfg)
+    launches = expected_launches(cfg)
     datasets = expected_datasets(cfg)
     result = snakemake(
         TABLES, "--nolock", "--dry-run", "--quiet", "rules", "--configfile", "config/paper.yaml"
@@ -151,35 +164,45 @@ def test_paper_dry_run_lists_every_run_and_the_core_hours():
     text = output_of(result)
     assert result.returncode == 0, text
     stats = job_stats(text)
-    per_ranks = {p: sum(row["ranks"] == p for row in design) for p in cfg["ranks"]}
+    per_ranks = {p: sum(row["ranks"] == p for row in launches) for p in cfg["ranks"]}
     expected = {f"run_{p}ranks": n for p, n in per_ranks.items()}
     expected.update(dataset=len(datasets), design=1, tables=1)
-    expected["total"] = len(design) + len(datasets) + 2
+    expected["total"] = len(launches) + len(datasets) + 2
     assert stats == expected
-    assert len(design) == 3840  # 12 scenarios x 8 settings x 4 rank counts x 2 models x 5 reps
-    summary = re.search(r"Sweep: (\d+) runs .*? ([\d.]+) core-hours", text)
+    # 12 scenarios x 4 rank counts x 2 models x 5 reps, 8 series each
+    assert len(launches) == 480 and len(design) == 3840
+    summary = re.search(r"Sweep: (\d+) runs in (\d+) launches .*? ([\d.]+) core-hours", text)
     assert summary, text
     assert int(summary.group(1)) == len(design)
-    assert float(summary.group(2)) > 0
+    assert int(summary.group(2)) == len(launches)
+    assert float(summary.group(3)) > 0
 
 
 def test_default_config_is_the_2_core_sweep():
     cfg = load_config(ROOT / "config" / "config.yaml")
-    design = expected_design(cfg)
+    launches = expected_launches(cfg)
     result = snakemake(TABLES, "--nolock", "--dry-run", "--quiet", "rules")
     text = output_of(result)
     assert result.returncode == 0, text
     stats = job_stats(text)
-    # Already finished runs are not listed again; a fresh checkout lists them all.
-    assert stats.get("run_4ranks", 0) <= len(design) == 112  # 8 x 7 settings x 2 reps
-    assert {s["name"] for s in cfg["scenarios"]} >= {
-        "balanced",
-        "random",
-        "straggler",
-        "zipf",
-        "unbalanced",
+    # Already finished launches are not listed again; a fresh checkout lists them all.
+    assert stats.get("run_2ranks", 0) <= 35 and stats.get("run_4ranks", 0) <= 5
+    assert len(launches) == 40 and len(expected_design(cfg)) == 280  # 8 x 5 reps, 7 series
+    assert cfg["ranks"] == [2] and cfg["run"]["binding"] == "core"
+    assert cfg["repetitions"] >= 5 and cfg["run"]["iterations"] >= 300
+    # Every workload the protocol judges is in the sweep, and only the stress scenario is
+    # oversubscribed.
+    protocol = yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())
+    judged = {
+        w
+        for item in protocol["claims"] + protocol.get("checks", [])
+        if isinstance(item.get("workloads"), list)
+        for w in item["workloads"]
     }
-    assert cfg["ranks"] == [4]
+    names = {s["name"] for s in cfg["scenarios"]}
+    assert judged <= names, judged - names
+    unbound = {s["name"] for s in cfg["scenarios"] if s.get("binding") == "none"}
+    assert unbound == set(protocol["stress_workloads"]) == {"oversubscribed"}
 
 
 @pytest.mark.parametrize(
@@ -252,7 +275,7 @@ def test_smoke_config_covers_every_series_the_figures_draw():
     assert 0 in cfg["lag_bounds"] and max(cfg["lag_bounds"]) >= 8
     kinds = {s["delay"]["kind"] if "delay" in s else "none" for s in cfg["scenarios"]}
     assert {"none", "rotating"} <= kinds
-    assert any(s["data"]["index_dist"] == "zipf" for s in cfg["scenarios"])
+    assert any(s["data"]["pooling"] == "bursty" for s in cfg["scenarios"])
 
 
 # -- the smoke sweep, for real -------------------------------------------------------------
@@ -310,23 +333,41 @@ def test_smoke_sweep_makes_the_tables_and_resumes_only_what_is_missing(tmp_path)
     with (work / "results/tables/design.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(design)
 
-    # Each run folder holds its resolved config, which `bls-dlrm infer` read.
-    first = work / run_path(design[0])
+    # Each launch folder holds its resolved config, which `bls-dlrm infer` read, and the
+    # series ran in the order shuffled by shuffle_seed + rep, the same on every rank.
+    first = work / launch_path(design[0])
     run_yaml = yaml.safe_load((first / "run.yaml").read_text())
-    assert run_yaml["collective"] == design[0]["collective"]
+    assert run_yaml["series"] == [
+        f"bls:{lag}" if c == "bls" else c for c, lag, _ in expected_series(cfg)
+    ]
     assert run_yaml["tags"]["scenario"] == design[0]["scenario"]
+    assert run_yaml["binding"] == "core"
+    headers = [
+        json.loads((first / label / f"rank{r}.jsonl").read_text().splitlines()[0])
+        for _, _, label in expected_series(cfg)
+        for r in range(cfg["ranks"][0])
+    ]
+    orders = {tuple(h["series_order"]) for h in headers}
+    assert len(orders) == 1  # one order, known to every rank and series of the launch
+    (order,) = orders
+    assert sorted(order) == sorted(label for _, _, label in expected_series(cfg))
+    assert {h["series_index"] for h in headers} == set(range(len(order)))
+    for h in headers:
+        assert order[h["series_index"]] == h["config"]["series_label"]
+        assert h["binding"] == "core" and h["cores_per_rank"] == 1
 
-    # Interrupt one run: its last rank's log is gone and a partial one is left behind.
+    # Interrupt one launch: one series' last rank log is gone, a partial one is left.
     victim = next(d for d in design if d["collective"] == "bls" and d["lag_bound"] > 0)
     victim_dir = work / run_path(victim)
     last = cfg["ranks"][0] - 1
     (victim_dir / f"rank{last}.jsonl").unlink()
     (victim_dir / f"rank{last}.jsonl.partial").write_text('{"record": "header"}\n')
+    victim_launch = work / launch_path(victim)
     others = {
         path: path.stat().st_mtime_ns
-        for d in design
-        if d is not victim
-        for path in (work / run_path(d)).glob("rank*.jsonl")
+        for d in expected_launches(cfg)
+        if work / launch_path(d) != victim_launch
+        for path in (work / launch_path(d)).glob("*/rank*.jsonl")
     }
     tables_before = (work / TABLES).stat().st_mtime_ns
 

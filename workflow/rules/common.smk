@@ -1,9 +1,12 @@
 """What the rules share: tools, paths, and the sweep design built from the config.
 
-The sweep is a table (a ``Paramspace``) with one row per run and one column per axis,
-built here once from the validated config. Its wildcard pattern is every run's folder:
+The sweep is a table (a ``Paramspace``) with one row per launch and one column per axis,
+built here once from the validated config. Its wildcard pattern is every launch's folder:
 
-    results/runs/scenario~S/collective~C/lag_bound~L/ranks~P/model~M/seed~N/rep~R/
+    results/runs/scenario~S/ranks~P/model~M/seed~N/rep~R/
+
+A row is one launch: every series of the sweep (gloo, mpi, bls at each lag bound) runs in
+it, in a shuffled order, each into its own run folder ``<launch>/<series label>/``.
 
 Rules hold no Python logic of their own: whatever they need beyond their wildcards (the
 resolved run config, the dataset a run reads, its estimated runtime) comes from the
@@ -54,14 +57,12 @@ DATASET_LOG = f"{LOG_DIR}/data/{{dataset}}.log"
 DATASET_BENCHMARK = f"{BENCH_DIR}/data/{{dataset}}.tsv"
 
 #: Axes of the sweep, in path order.
-AXES = ("scenario", "collective", "lag_bound", "ranks", "model", "seed", "rep")
+AXES = ("scenario", "ranks", "model", "seed", "rep")
 
 
 wildcard_constraints:
     dataset=r"[^/]+",
     scenario=r"[^/]+",
-    collective=r"gloo|mpi|bls",
-    lag_bound=r"\d+",
     ranks=r"\d+",
     model=r"[^/]+",
     seed=r"\d+",
@@ -114,6 +115,16 @@ def resolved_delay(scenario, model, seed):
     return delay
 
 
+def scenario_ranks(scenario, cfg):
+    """The rank counts of a scenario: its own `ranks`, else the config's."""
+    return scenario.get("ranks") or cfg["ranks"]
+
+
+def scenario_binding(scenario, cfg):
+    """How the launcher places the ranks of a scenario: its own `binding`, else run.binding."""
+    return scenario.get("binding") or cfg["run"]["binding"]
+
+
 def _check_config(cfg, model_configs):
     from bls_dlrm.delays import DelaySpec
 
@@ -128,7 +139,8 @@ def _check_config(cfg, model_configs):
                 f"unknown model config {model['model']!r}; known: {', '.join(known)}",
             )
         tables = len(model_configs.CONFIGS[model["model"]].table_rows)
-        for ranks in cfg["ranks"]:
+        all_ranks = {r for sc in cfg["scenarios"] for r in scenario_ranks(sc, cfg)}
+        for ranks in sorted(all_ranks):
             if ranks > tables:
                 raise config_error(
                     "ranks",
@@ -153,7 +165,7 @@ def _check_config(cfg, model_configs):
         ):
             raise config_error(key, f"kind {delay['kind']!r} needs size_s or factor")
         for model in cfg["models"]:
-            for ranks in cfg["ranks"]:
+            for ranks in scenario_ranks(scenario, cfg):
                 try:
                     DelaySpec.from_dict(resolved_delay(scenario, model, 0)).schedule(
                         ranks, 1
@@ -167,26 +179,37 @@ MODEL_CONFIGS = _load_model_module()
 MODELS, SCENARIOS = _check_config(config, MODEL_CONFIGS)
 
 
-# -- the design: one row per run ---------------------------------------------------------
+# -- the design: one row per launch ----------------------------------------------------
+#
+# A launch is one workload (scenario x ranks x model x seed) and one repetition: it runs
+# every series (gloo, mpi, bls at each lag bound) in one `mpiexec`, in an order shuffled by
+# `shuffle_seed + rep` (bls_dlrm.infer), so the series of a repetition share the machine's
+# state and repetitions interleave. Each series writes its own run folder below the
+# launch's: .../rep~R/<series label>/rank{r}.jsonl.
 
 
-def collective_settings(cfg):
-    """(collective, lag bound) pairs in config order; bls once per lag bound."""
-    settings = []
+def series_specs(cfg):
+    """The series of every launch, in config order: 'gloo', 'mpi', 'bls:L' per lag bound."""
+    specs = []
     for collective in cfg["collectives"]:
         if collective == "bls":
-            settings += [("bls", lag) for lag in cfg["lag_bounds"]]
+            specs += [f"bls:{lag}" for lag in cfg["lag_bounds"]]
         else:
-            settings.append((collective, 0))
-    return settings
+            specs.append(collective)
+    return specs
+
+
+def series_label(spec):
+    """The run folder of a series: 'gloo', 'mpi', 'bls-L4' (as bls_dlrm.infer names it)."""
+    name, _, lag = spec.partition(":")
+    return f"bls-L{lag}" if name == "bls" else name
 
 
 def _design_frame(cfg):
     rows = [
-        (scenario["name"], collective, lag, ranks, model["name"], seed, rep)
+        (scenario["name"], ranks, model["name"], seed, rep)
         for scenario in cfg["scenarios"]
-        for collective, lag in collective_settings(cfg)
-        for ranks in cfg["ranks"]
+        for ranks in scenario_ranks(scenario, cfg)
         for model in cfg["models"]
         for seed in cfg["seeds"]
         for rep in range(cfg["repetitions"])
@@ -194,10 +217,14 @@ def _design_frame(cfg):
     return pd.DataFrame(rows, columns=list(AXES))
 
 
+SERIES = series_specs(config)
+SERIES_LABELS = [series_label(spec) for spec in SERIES]
 PARAMSPACE = Paramspace(_design_frame(config))
 RUN_PATTERN = PARAMSPACE.wildcard_pattern
-RUN_DIRS = [f"{RUNS_DIR}/{instance}" for instance in PARAMSPACE.instance_patterns]
-RANK_COUNTS = sorted(set(config["ranks"]))
+LAUNCH_DIRS = [f"{RUNS_DIR}/{instance}" for instance in PARAMSPACE.instance_patterns]
+#: Every run folder (one per launch and series): what the tables read.
+RUN_DIRS = [f"{launch}/{label}" for launch in LAUNCH_DIRS for label in SERIES_LABELS]
+RANK_COUNTS = sorted(set(PARAMSPACE.dataframe["ranks"].astype(int)))
 
 RUN_DIR = f"{RUNS_DIR}/{RUN_PATTERN}"
 RUN_LOG = f"{LOG_DIR}/runs/{RUN_PATTERN}.log"
@@ -205,23 +232,32 @@ RUN_BENCHMARK = f"{BENCH_DIR}/runs/{RUN_PATTERN}.tsv"
 
 
 def rank_logs(ranks, run_dir=RUN_DIR):
-    """The log files a run of ``ranks`` ranks leaves when, and only when, it finishes."""
-    return [f"{run_dir}/rank{r}.jsonl" for r in range(ranks)]
+    """The log files a launch of ``ranks`` ranks leaves when, and only when, it finishes.
+
+    One per rank and series; a series' logs are renamed into place when that series ends,
+    and a failed launch loses all of them (snakemake removes a failed job's outputs), so
+    a rerun redoes the whole launch and keeps its series interleaved.
+    """
+    return [
+        f"{run_dir}/{label}/rank{r}.jsonl"
+        for label in SERIES_LABELS
+        for r in range(ranks)
+    ]
 
 
 ALL_RANK_LOGS = [
     log
-    for run_dir, ranks in zip(RUN_DIRS, PARAMSPACE.dataframe["ranks"])
+    for run_dir, ranks in zip(LAUNCH_DIRS, PARAMSPACE.dataframe["ranks"])
     for log in rank_logs(int(ranks), run_dir)
 ]
 
 
 def _axes(wildcards):
-    """The design row of a run, typed: {'scenario': 'balanced', 'lag_bound': 4, ...}."""
+    """The design row of a launch, typed: {'scenario': 'balanced', 'ranks': 2, ...}."""
     return {
         axis: (
             int(wildcards[axis])
-            if axis in ("lag_bound", "ranks", "seed", "rep")
+            if axis in ("ranks", "seed", "rep")
             else wildcards[axis]
         )
         for axis in AXES
@@ -232,8 +268,15 @@ def dataset_name(model, data, seed):
     """One dataset per distinct (model shape, index distribution, pooling, seed)."""
     skew = data["index_dist"]
     if skew == "zipf":
-        skew = f"zipf{data['zipf_alpha']:g}"
-    return f"{model['name']}_{skew}_{data['pooling']}{data['pooling_k']}_seed{seed}"
+        lo_hi = data.get("zipf_alpha_range")
+        skew = (
+            f"zipf{lo_hi[0]:g}-{lo_hi[1]:g}" if lo_hi else f"zipf{data['zipf_alpha']:g}"
+        )
+    pooling = f"{data['pooling']}{data['pooling_k']}"
+    if data["pooling"] in ("heavy", "bursty"):
+        cap = data.get("pooling_max")
+        pooling += f"s{data.get('pooling_sigma', 1.0):g}" + (f"max{cap}" if cap else "")
+    return f"{model['name']}_{skew}_{pooling}_seed{seed}"
 
 
 def _datasets(cfg):
@@ -269,7 +312,7 @@ def run_dataset_manifest(wildcards):
 
 
 def run_config(wildcards):
-    """The resolved `bls-dlrm infer` config of one run (keys of bls_dlrm.infer.RunConfig)."""
+    """The resolved `bls-dlrm infer` config of one launch (keys of bls_dlrm.infer.RunConfig)."""
     axes = _axes(wildcards)
     scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
     delay = resolved_delay(scenario, model, axes["seed"])
@@ -291,6 +334,7 @@ def run_config(wildcards):
         "pooling_k": data["pooling_k"],
         "seed": axes["seed"],
         "rep": axes["rep"],
+        "binding": scenario_binding(scenario, config),
     }
     return {
         "dataset": run_dataset(wildcards),
@@ -300,8 +344,9 @@ def run_config(wildcards):
             "seed": model["model_seed"],
         },
         "plan": scenario["plan"],
-        "collective": axes["collective"],
-        "lag_bound": axes["lag_bound"],
+        "series": list(SERIES),
+        "shuffle_seed": config["shuffle_seed"],
+        "binding": scenario_binding(scenario, config),
         "transport": run["transport"],
         "timeout_s": run["timeout_s"],
         "delay": delay,
@@ -356,7 +401,13 @@ def dataset_args(wildcards):
         f"--zipf-alpha {data['zipf_alpha']}",
         f"--pooling {data['pooling']}",
         f"--pooling-k {data['pooling_k']}",
+        f"--pooling-sigma {data['pooling_sigma']}",
     ]
+    if data.get("zipf_alpha_range"):
+        lo, hi = data["zipf_alpha_range"]
+        args.append(f"--zipf-alpha-range {lo} {hi}")
+    if data.get("pooling_max"):
+        args.append(f"--pooling-max {data['pooling_max']}")
     if model["max_rows"] is not None:
         args.append(f"--max-rows {model['max_rows']}")
     return " ".join(args)
@@ -377,56 +428,73 @@ def _sync_delay_s(scenario_name, model_name, ranks, seed):
 
 
 def estimated_seconds(axes):
-    """Upper estimate of one run's wall time (its synchronous makespan plus launch cost)."""
+    """Upper estimate of one launch's wall time: launch cost plus, per series, the
+    synchronous makespan (work plus the delays a synchronous exchange waits for)."""
     model = MODELS[axes["model"]]
     total = config["run"]["warmup"] + config["run"]["iterations"]
     delay = _sync_delay_s(axes["scenario"], axes["model"], axes["ranks"], axes["seed"])
-    return config["estimate"]["startup_s"] + total * model["work_s"] + delay
+    per_series = total * model["work_s"] + delay
+    return config["estimate"]["startup_s"] + len(SERIES) * per_series
 
 
 def run_runtime(wildcards):
-    """Resource function: minutes to request from a batch scheduler for one run."""
+    """Resource function: minutes to request from a batch scheduler for one launch."""
     seconds = estimated_seconds(_axes(wildcards)) * config["estimate"]["safety"]
     return max(2, math.ceil(seconds / 60))
 
 
+def run_bind_flag(wildcards):
+    """Params function: the launcher's placement flag (`-bind-to core`, or nothing)."""
+    binding = scenario_binding(SCENARIOS[wildcards.scenario], config)
+    return "-bind-to core" if binding == "core" else ""
+
+
 def design_table():
-    """The sweep design with what each run is: written to results/tables/design.csv."""
+    """The sweep design, one row per run (launch x series): results/tables/design.csv."""
     rows = []
-    for row, run_path in zip(PARAMSPACE.dataframe.to_dict("records"), RUN_DIRS):
+    for row, launch in zip(PARAMSPACE.dataframe.to_dict("records"), LAUNCH_DIRS):
         scenario, model = SCENARIOS[row["scenario"]], MODELS[row["model"]]
         delay = resolved_delay(scenario, model, row["seed"])
-        rows.append(
-            {
-                **row,
-                "run_dir": run_path,
-                "model_config": model["model"],
-                "max_rows": model["max_rows"],
-                "batch_size": model["batch_size"],
-                "dataset": dataset_name(model, scenario["data"], row["seed"]),
-                "plan": scenario["plan"],
-                "index_dist": scenario["data"]["index_dist"],
-                "pooling": scenario["data"]["pooling"],
-                "delay_kind": delay["kind"],
-                "delay_s": delay.get("size_s", 0.0),
-                "estimated_s": round(estimated_seconds(row), 1),
-                "description": scenario["description"],
-            }
-        )
+        for spec, label in zip(SERIES, SERIES_LABELS):
+            name, _, lag = spec.partition(":")
+            rows.append(
+                {
+                    **row,
+                    "collective": name,
+                    "lag_bound": int(lag or 0),
+                    "series": label,
+                    "run_dir": f"{launch}/{label}",
+                    "binding": scenario_binding(scenario, config),
+                    "model_config": model["model"],
+                    "max_rows": model["max_rows"],
+                    "batch_size": model["batch_size"],
+                    "dataset": dataset_name(model, scenario["data"], row["seed"]),
+                    "plan": scenario["plan"],
+                    "index_dist": scenario["data"]["index_dist"],
+                    "pooling": scenario["data"]["pooling"],
+                    "delay_kind": delay["kind"],
+                    "delay_s": delay.get("size_s", 0.0),
+                    "estimated_launch_s": round(estimated_seconds(row), 1),
+                    "description": scenario["description"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
 DESIGN = design_table()
 DESIGN_DIGEST = hashlib.sha256(DESIGN.to_csv(index=False).encode()).hexdigest()[:16]
-EST_SECONDS = float(DESIGN["estimated_s"].sum())
-EST_CORE_HOURS = float((DESIGN["estimated_s"] * DESIGN["ranks"]).sum() / 3600)
+_LAUNCHES = DESIGN.drop_duplicates(subset=list(AXES))
+EST_SECONDS = float(_LAUNCHES["estimated_launch_s"].sum())
+EST_CORE_HOURS = float(
+    (_LAUNCHES["estimated_launch_s"] * _LAUNCHES["ranks"]).sum() / 3600
+)
 SWEEP_SUMMARY = (
-    f"{len(DESIGN)} runs = {len(SCENARIOS)} scenarios x "
-    f"{len(collective_settings(config))} collective settings x {len(config['ranks'])} rank "
-    f"counts x {len(MODELS)} models x {len(config['seeds'])} seeds x "
-    f"{config['repetitions']} repetitions, on {len(DATASETS)} datasets; estimated "
-    f"{EST_SECONDS / 3600:.2f} h one run at a time, {EST_CORE_HOURS:.2f} core-hours "
-    "(ranks x seconds per run)"
+    f"{len(DESIGN)} runs in {len(_LAUNCHES)} launches = {len(SCENARIOS)} scenarios x "
+    f"rank counts x {len(MODELS)} models x {len(config['seeds'])} seeds x "
+    f"{config['repetitions']} repetitions, each launch running {len(SERIES)} series "
+    f"({', '.join(SERIES_LABELS)}) in a shuffled order, on {len(DATASETS)} datasets; "
+    f"estimated {EST_SECONDS / 3600:.2f} h one launch at a time, {EST_CORE_HOURS:.2f} "
+    "core-hours (ranks x seconds per launch)"
 )
 
 

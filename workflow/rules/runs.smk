@@ -1,14 +1,18 @@
-# Inference runs: one job per row of the sweep design (common.smk, PARAMSPACE).
+# Inference launches: one job per row of the sweep design (common.smk, PARAMSPACE), that is
+# per workload and repetition; each launch runs every series (gloo, mpi, bls at each lag
+# bound) in a shuffled order, so a workload's series share one allocation and repetitions
+# interleave.
 #
-# A run job writes its resolved config to run.yaml in the run folder (params function
+# A job writes its resolved config to run.yaml in the launch folder (params function
 # run_config_yaml: any change of the scenario, model or run settings changes the params and
-# so reruns the run), then `mpiexec -n P bls-dlrm infer --config run.yaml` writes one log
-# per rank. The logs are the outputs: each is renamed into place only when its rank
-# finishes, so a failed or interrupted run leaves none of them (only rank*.jsonl.partial)
-# and the next snakemake call redoes exactly the unfinished runs.
+# so reruns the launch), then `mpiexec [-bind-to core] -n P bls-dlrm infer --config
+# run.yaml` writes one log per rank and series. The logs are the outputs: each is renamed
+# into place only when its series finishes on its rank, so an interrupted launch leaves
+# rank*.jsonl.partial files and the next snakemake call redoes exactly the unfinished
+# launches.
 #
-# Outputs must follow from the wildcards, and a run of P ranks has P logs, so there is one
-# run rule per rank count of the config: run_4ranks, run_8ranks, ...
+# Outputs must follow from the wildcards, and a launch of P ranks has P logs per series, so
+# there is one run rule per rank count of the config: run_2ranks, run_4ranks, ...
 
 
 for _ranks in RANK_COUNTS:
@@ -40,11 +44,12 @@ for _ranks in RANK_COUNTS:
             run_dir=run_dir,
             config=run_config_yaml,
             omp_threads=run_threads,
+            bind=run_bind_flag,
         message:
-            "Run {wildcards.scenario} / {wildcards.collective} L={wildcards.lag_bound} / P={wildcards.ranks} / {wildcards.model} / seed {wildcards.seed} / rep {wildcards.rep}"
+            "Launch {wildcards.scenario} / P={wildcards.ranks} / {wildcards.model} / seed {wildcards.seed} / rep {wildcards.rep}: every series, shuffled"
         shell:
             "mkdir -p {params.run_dir:q}"
             " && printf '%s\\n' {params.config:q} > {params.run_dir:q}/run.yaml"
-            " && OMP_NUM_THREADS={params.omp_threads} {params.mpiexec:q} -n {wildcards.ranks}"
+            " && OMP_NUM_THREADS={params.omp_threads} {params.mpiexec:q} {params.bind} -n {wildcards.ranks}"
             " {params.bls_dlrm:q} infer --config {params.run_dir:q}/run.yaml"
             " --out {params.run_dir:q} --no-progress > {log:q} 2>&1"
