@@ -47,8 +47,11 @@ def _make_data(args: argparse.Namespace) -> int:
         args.seed,
         index_dist=args.index_dist,
         zipf_alpha=args.zipf_alpha,
+        zipf_alpha_range=args.zipf_alpha_range,
         pooling=args.pooling,
         pooling_k=args.pooling_k,
+        pooling_max=args.pooling_max,
+        pooling_sigma=args.pooling_sigma,
         overwrite=args.overwrite,
     )
     print(out)
@@ -123,9 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index-dist", default="uniform", help="uniform or zipf")
-    p.add_argument("--zipf-alpha", type=float, default=1.05)
-    p.add_argument("--pooling", default="fixed", help="fixed, uniform or heavy")
-    p.add_argument("--pooling-k", type=int, default=1)
+    p.add_argument("--zipf-alpha", type=float, default=1.05, help="Zipf exponent of every table")
+    p.add_argument(
+        "--zipf-alpha-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="draw each table's Zipf exponent from [LO, HI] with the seed",
+    )
+    p.add_argument(
+        "--pooling",
+        default="fixed",
+        help="fixed, uniform, heavy (per sample) or bursty (one heavy-tailed factor per "
+        "table and batch)",
+    )
+    p.add_argument("--pooling-k", type=int, default=1, help="k (median of heavy/bursty)")
+    p.add_argument("--pooling-max", type=int, help="cap on lookups per sample (heavy/bursty)")
+    p.add_argument(
+        "--pooling-sigma", type=float, default=1.0, help="lognormal shape (heavy/bursty)"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_make_data)
