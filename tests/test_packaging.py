@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import importlib.metadata as md
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 # conda-forge names that differ from the PyPI ones
@@ -49,13 +53,81 @@ def test_environment_yml_parses_and_matches_pins():
     assert conda["python"].startswith("3.11")
 
 
+def _all_pins() -> dict[str, str]:
+    pins = _pins(ROOT / "requirements.txt") | _pins(ROOT / "requirements-dev.txt")
+    return {canonicalize_name(k): v for k, v in pins.items()}
+
+
 def test_pyproject_ranges_admit_the_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["bls-dlrm"] == "bls_dlrm.cli:main"
-    pins = _pins(ROOT / "requirements.txt")
+    pins = {canonicalize_name(k): v for k, v in _pins(ROOT / "requirements.txt").items()}
+    refused = {}
     for dep in project["dependencies"]:
-        name = re.split(r"[<>=!~ ]", dep, maxsplit=1)[0].lower()
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
         assert name in pins, f"{name} is a dependency but not pinned in requirements.txt"
+        if not req.specifier.contains(pins[name], prereleases=True):
+            refused[name] = (str(req.specifier), pins[name])
+    assert not refused, f"pyproject range excludes the pin: {refused}"
+
+
+def test_the_new_analysis_tools_are_pinned():
+    pins = _all_pins()
+    for needed in ("scipy", "jupyterlab", "tabulate", "jsonschema"):
+        assert needed in pins, needed
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ranged = {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+    assert {"scipy", "jsonschema", "tabulate"} <= ranged  # imported by bls_dlrm itself
+
+
+def test_pins_are_satisfiable_together():
+    """Every pinned distribution's own requirements admit the other pins (read from the
+    installed metadata: the environment was built from these pins)."""
+    pins = _all_pins()
+    conflicts = []
+    for name, version in pins.items():
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            pytest.fail(f"{name}=={version} is pinned but not installed")
+        assert Version(installed).public == Version(version).public, (name, installed)
+        for line in md.requires(name) or ():
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep in pins and not req.specifier.contains(pins[dep], prereleases=True):
+                conflicts.append(f"{name}=={version} needs {req}, pinned {dep}=={pins[dep]}")
+    assert not conflicts, conflicts
+
+
+def test_license_is_the_full_apache_text_named_by_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    for phrase in (
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+    ):
+        assert phrase in text, phrase
+    assert len(text) > 9000  # the full text, not a pointer to it
+
+
+def test_citation_cites_the_artifact_and_the_paper():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"].startswith("1.2")
+    assert cff["type"] == "software"
+    assert cff["license"] == "Apache-2.0"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert str(cff["version"]) == project["version"]
+    (paper,) = [r for r in cff["references"] if "2512.19342" in str(r)]
+    assert [a["family-names"] for a in paper["authors"]] == ["Dichev", "Pawlowski", "Yzelman"]
+    assert "Bounded Lag Synchronous Collectives" in paper["title"]
+    assert paper["year"] == 2025
 
 
 def test_ci_runs_the_readme_test_command():
