@@ -117,7 +117,7 @@ def expected_design(cfg: dict) -> list[dict]:
 
 def expected_datasets(cfg: dict) -> set:
     return {
-        (m["name"], tuple(sorted(s["data"].items())), seed)
+        (m["name"], json.dumps(s["data"], sort_keys=True), seed)
         for m in cfg["models"]
         for s in cfg["scenarios"]
         for seed in cfg["seeds"]

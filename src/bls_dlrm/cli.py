@@ -52,10 +52,25 @@ def _make_data(args: argparse.Namespace) -> int:
         pooling_k=args.pooling_k,
         pooling_max=args.pooling_max,
         pooling_sigma=args.pooling_sigma,
+        per_table=args.per_table,
         overwrite=args.overwrite,
     )
     print(out)
     return 0
+
+
+def _per_table(text: str) -> dict[int, dict]:
+    """``--per-table`` JSON: {"table id": {knob: value}} -> {int: dict}."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--per-table is not JSON: {exc}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise argparse.ArgumentTypeError('--per-table needs {"table id": {knob: value}}')
+    try:
+        return {int(t): v for t, v in raw.items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError("--per-table keys must be table ids") from None
 
 
 def _criteo(args: argparse.Namespace) -> int:
@@ -144,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling-max", type=int, help="cap on lookups per sample (heavy/bursty)")
     p.add_argument(
         "--pooling-sigma", type=float, default=1.0, help="lognormal shape (heavy/bursty)"
+    )
+    p.add_argument(
+        "--per-table",
+        type=_per_table,
+        metavar="JSON",
+        help='overrides per table id, e.g. \'{"2": {"pooling": "bursty", "pooling_k": 96}}\'',
     )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", type=Path, required=True)

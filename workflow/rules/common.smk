@@ -17,7 +17,9 @@ parse time too, so a bad config stops before any job, naming the key.
 
 import hashlib
 import importlib.util
+import json
 import math
+import shlex
 import sys
 from functools import cache
 from pathlib import Path
@@ -276,6 +278,9 @@ def dataset_name(model, data, seed):
     if data["pooling"] in ("heavy", "bursty"):
         cap = data.get("pooling_max")
         pooling += f"s{data.get('pooling_sigma', 1.0):g}" + (f"max{cap}" if cap else "")
+    if data.get("per_table"):
+        text = json.dumps(data["per_table"], sort_keys=True)
+        pooling += "_pt" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{model['name']}_{skew}_{pooling}_seed{seed}"
 
 
@@ -408,6 +413,11 @@ def dataset_args(wildcards):
         args.append(f"--zipf-alpha-range {lo} {hi}")
     if data.get("pooling_max"):
         args.append(f"--pooling-max {data['pooling_max']}")
+    if data.get("per_table"):
+        text = json.dumps(
+            {str(t): v for t, v in data["per_table"].items()}, sort_keys=True
+        )
+        args.append(f"--per-table {shlex.quote(text)}")
     if model["max_rows"] is not None:
         args.append(f"--max-rows {model['max_rows']}")
     return " ".join(args)
