@@ -176,7 +176,7 @@ def __getattr__(name: str) -> Any:
     """Thresholds the figures draw, read from the protocol (nothing is a constant here)."""
     if name == "BALANCED_TOLERANCE":  # half-width of claim (a)'s band around 1
         thr = _entry(load_protocol(), "a")["threshold"]
-        return max(1 - float(thr["low"]), float(thr["high"]) - 1)
+        return round(max(1 - float(thr["low"]), float(thr["high"]) - 1), 12)
     if name == "SPEEDUP_CLAIM":  # claim (d)'s threshold
         return float(_entry(load_protocol(), "d")["threshold"]["value"])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
