@@ -56,18 +56,31 @@ def send_ready(buf: Any) -> Any:
     return buf
 
 
+def send_buffer(buf: Any, what: str = "send buffer") -> tuple[Any, RowBuffer]:
+    """:func:`send_ready` and :func:`row_buffer` in one: (what to keep alive, its view)."""
+    buf = send_ready(buf)
+    return buf, _row_buffer(buf, what, False, False)
+
+
 def row_buffer(buf: Any, what: str = "buffer", writable: bool = False) -> RowBuffer:
     """View ``buf`` (numpy array or torch CPU tensor, C-contiguous, >= 1-D) as bytes.
 
-    ``writable``: MPI will write into it (a receive buffer): a read-only numpy array and a
-    tensor with a lazy conjugate/negative bit are refused. A send tensor with such a bit
-    must go through :func:`send_ready` first (refused here otherwise).
+    ``writable``: MPI will write into it (a receive buffer): a read-only numpy array is
+    refused. A tensor with a lazy conjugate/negative bit is refused either way (a send
+    tensor goes through :func:`send_buffer`, which resolves the bit).
     The view does not keep ``buf`` alive: the caller holds ``buf`` while MPI uses it.
     """
+    return _row_buffer(buf, what, writable, True)
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _row_buffer(buf: Any, what: str, writable: bool, check_bits: bool) -> RowBuffer:
     if isinstance(buf, torch.Tensor):
         if not buf.is_cpu:
             raise ValueError(f"{what} must be a CPU tensor, got device {buf.device}")
-        if buf.is_conj() or buf.is_neg():
+        if check_bits and (buf.is_conj() or buf.is_neg()):
             bit = "conjugate" if buf.is_conj() else "negative"
             hint = "resolve_conj()" if buf.is_conj() else "resolve_neg()"
             raise ValueError(
@@ -79,10 +92,14 @@ def row_buffer(buf: Any, what: str = "buffer", writable: bool = False) -> RowBuf
         shape = buf.shape
         if not shape:
             raise ValueError(f"{what} must have at least one dimension")
-        itemsize = buf.element_size()
-        nbytes = buf.numel() * itemsize
+        nbytes = buf.nbytes
         address = buf.data_ptr()
-        dtype = str(buf.dtype)[6:]  # "torch.float32" -> "float32"
+        dt = buf.dtype
+        dtype = _DTYPE_NAMES.get(dt)
+        if dtype is None:
+            dtype = _DTYPE_NAMES[dt] = str(dt).removeprefix("torch.")
+        rows = shape[0]
+        row_bytes = nbytes // rows if rows else buf.element_size() * math.prod(shape[1:])
     elif isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:
             raise ValueError(f"{what} must be C-contiguous; use np.ascontiguousarray first")
@@ -91,12 +108,12 @@ def row_buffer(buf: Any, what: str = "buffer", writable: bool = False) -> RowBuf
             raise ValueError(f"{what} must have at least one dimension")
         if writable and not buf.flags.writeable:
             raise ValueError(f"{what} is read-only (numpy writeable flag is off)")
-        itemsize, nbytes, dtype = buf.itemsize, buf.nbytes, str(buf.dtype)
+        nbytes, dtype = buf.nbytes, str(buf.dtype)
         address = buf.__array_interface__["data"][0]
+        rows = shape[0]
+        row_bytes = nbytes // rows if rows else buf.itemsize * math.prod(shape[1:])
     else:
         raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(buf)}")
-    rows = shape[0]
-    row_bytes = nbytes // rows if rows else itemsize * math.prod(shape[1:])
     view = _address_view(address, nbytes)
     return RowBuffer(view, rows, row_bytes, dtype, tuple(shape[1:]), address)
 

@@ -72,7 +72,7 @@ from typing import Any, ClassVar
 
 from mpi4py import MPI
 
-from .buffers import new_like, row_buffer, send_ready
+from .buffers import new_like, row_buffer, send_buffer
 
 _TAG_SPACE = 1 << 15  # MPI guarantees tags up to 32767
 DEFAULT_HISTORY = 4096  # ExchangeStats kept by default (``keep_history``)
@@ -526,8 +526,7 @@ class BLSAlltoallv:
         with self._lock:
             self._check_open()
             t_post = time.monotonic()
-            send = send_ready(send)
-            sbuf = row_buffer(send, "send buffer")
+            send, sbuf = send_buffer(send)
             plan = self._plan(sbuf.rows, sbuf.row_bytes, send_counts, recv_counts)
             if recv is None:
                 recv = new_like(send, plan.recv_rows)
