@@ -59,13 +59,15 @@ def piece(src, dst, n, dtype, salt, width=3):
 ALL_TO_ALL = (
     PRELUDE
     + """
-dist.init_process_group("bls")  # nothing else: mpiexec is the rendezvous
+BACKEND = sys.argv[1]  # "bls" or "mpisync": the same cases for both
+dist.init_process_group(BACKEND)  # nothing else: mpiexec is the rendezvous
 rank, P = dist.get_rank(), dist.get_world_size()
 world = dist.distributed_c10d._get_default_group()
-assert dist.get_backend() == "bls" and P == MPI.COMM_WORLD.Get_size()
+assert dist.get_backend() == BACKEND and P == MPI.COMM_WORLD.Get_size()
 assert rank == MPI.COMM_WORLD.Get_rank()
 # BLS_LAG_BOUND=3 was given in the launcher's environment
-assert world.lag_bound == 3 and world.engine.lag_bound == 3
+if BACKEND == "bls":
+    assert world.lag_bound == 3 and world.engine.lag_bound == 3
 
 gloo = dist.new_group(backend="gloo")
 SUB = [1, 3]
@@ -73,7 +75,7 @@ sub = dist.new_group(SUB)  # a bls subgroup: lag bound from the environment too
 sub_gloo = dist.new_group(SUB, backend="gloo")
 GROUPS = [(None, gloo, list(range(P)))]
 if rank in SUB:
-    assert sub.lag_bound == 3 and sub.size() == 2
+    assert sub.size() == 2 and (BACKEND != "bls" or sub.lag_bound == 3)
     GROUPS.append((sub, sub_gloo, SUB))
 
 
@@ -162,6 +164,27 @@ for group, ref_group, granks in GROUPS:
     empty = torch.empty(0, 3)
     dist.all_to_all_single(empty, empty, [0] * len(granks), [0] * len(granks), group=group)
 
+# -- different shapes, equal elements per piece: gloo's rule (split sizes count rows) -------
+for dtype in DTYPES:
+    inp = torch.cat([piece(rank, d, 2, dtype, 700) for d in range(P)])  # (2P, 3)
+    exp = torch.cat([piece(s, rank, 2, dtype, 700) for s in range(P)])
+    out = torch.empty(6 * P, dtype=dtype)
+    dist.all_to_all_single(out, inp)  # (2P, 3) into (6P,)
+    ref = torch.empty(6 * P, dtype=dtype)
+    dist.all_to_all_single(ref, inp, group=gloo)
+    assert torch.equal(out, exp.reshape(-1)) and torch.equal(out, ref), dtype
+    out = torch.empty(P, 6, dtype=dtype)  # rows of 6 elements: 1 row per peer
+    work = dist.all_to_all_single(out, inp, [1] * P, [2] * P, async_op=True)
+    work.wait()
+    assert torch.equal(out.reshape(-1), exp.reshape(-1)), dtype
+    raises(ValueError, dist.all_to_all_single, torch.empty(5 * P, dtype=dtype), inp,
+           match="elements")
+
+if BACKEND != "bls":
+    dist.destroy_process_group()
+    print(f"BLS-A2A-OK {rank}", flush=True)
+    sys.exit(0)
+
 # -- deferred waits: L + 1 = 4 exchanges in flight while the last rank has posted none ------
 eng = world.engine
 slow = P - 1
@@ -193,8 +216,9 @@ print(f"BLS-A2A-OK {rank}", flush=True)
 )
 
 
-def test_all_to_all_like_torch_suite_and_gloo(mpirun):
-    result = mpirun.script(4, ALL_TO_ALL, env={"BLS_LAG_BOUND": "3"}, timeout=240)
+@pytest.mark.parametrize("backend", ["bls", "mpisync"])
+def test_all_to_all_like_torch_suite_and_gloo(mpirun, backend):
+    result = mpirun.script(4, ALL_TO_ALL, backend, env={"BLS_LAG_BOUND": "3"}, timeout=240)
     assert result.stdout.count("BLS-A2A-OK") == 4
 
 
@@ -482,3 +506,217 @@ def test_env_init_reversed_ranks_lag_bound_variable_and_ddp(mpirun):
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     result = mpirun.script(2, ENV_INIT, env=env, timeout=180)
     assert result.stdout.count("BLS-ENV-OK") == 2
+
+
+PROGRESS = (
+    PRELUDE
+    + """
+# Every call into a "bls" group drives progress on its exchanges in flight: code that only
+# posts and waits gets the masking without ever polling.
+dist.init_process_group("bls", pg_options=BLSOptions(lag_bound=2))
+rank, P = dist.get_rank(), dist.get_world_size()
+world = dist.distributed_c10d._get_default_group()
+
+
+def post(k):
+    x = torch.cat([piece(rank, d, 1, torch.float32, 300 + k) for d in range(P)])
+    out = torch.empty(P, 3)
+    return dist.all_to_all_single(out, x, async_op=True), out
+
+
+def arrived():
+    # everybody has posted (small messages leave at once); this rank has not polled since
+    MPI.COMM_WORLD.Barrier()
+    MPI.COMM_WORLD.Barrier()
+
+
+w0, out0 = post(0)
+arrived()
+assert not w0.exchange.done  # nothing has looked at it yet
+w1, out1 = post(1)  # within the lag bound: nothing has to complete exchange 0 ...
+assert w0.exchange.done, "posting did not drive progress"  # ... but the post polled
+arrived()
+assert not w1.exchange.done
+assert w0.is_completed()  # a call on another (finished) Work ...
+assert w1.exchange.done, "is_completed did not drive progress"  # ... completes this one
+w2, out2 = post(2)
+arrived()
+t = torch.ones(2)
+dist.all_reduce(t)  # any collective of the group
+assert w2.exchange.done, "all_reduce did not drive progress"
+w3, out3 = post(3)
+arrived()
+w2.wait()  # a wait on an older Work completes the newer ones that have arrived too
+assert w3.exchange.done, "wait did not drive progress"
+for k, out in enumerate((out0, out1, out2, out3)):
+    exp = torch.cat([piece(s, rank, 1, torch.float32, 300 + k) for s in range(P)])
+    assert torch.equal(out, exp), k
+for w in (w0, w1, w2, w3):
+    assert w.wait() and w.is_completed() and w.is_success() and w.exception() is None
+dist.destroy_process_group()
+print(f"BLS-PROGRESS-OK {rank}", flush=True)
+"""
+)
+
+
+def test_every_call_drives_progress(mpirun):
+    result = mpirun.script(3, PROGRESS, timeout=120)
+    assert result.stdout.count("BLS-PROGRESS-OK") == 3
+
+
+FIDELITY = (
+    PRELUDE
+    + """
+from datetime import timedelta
+
+# Side by side with gloo: what gloo accepts, the backend accepts, with the same bits.
+BACKEND = sys.argv[1]
+dist.init_process_group("gloo")
+rank, P = dist.get_rank(), dist.get_world_size()
+opts = BLSOptions(lag_bound=2) if BACKEND == "bls" else None
+pg = dist.new_group(backend=BACKEND, pg_options=opts)
+GROUPS = (pg, dist.group.WORLD)  # ours, gloo
+
+
+def same(fn):
+    ours, ref = fn(pg), fn(dist.group.WORLD)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b), (fn, a, b)
+
+
+# -- results in place into tensors that require grad (gloo writes into them) --------------
+def allreduce(g):
+    t = (torch.arange(4.0) + rank).requires_grad_()
+    dist.all_reduce(t, group=g)
+    return [t.detach()]
+
+
+def reduce(g):
+    t = (torch.arange(4.0) + rank).requires_grad_()
+    dist.reduce(t, dst=1, group=g)
+    return [t.detach()] if rank == 1 else []  # gloo leaves scratch values elsewhere
+
+
+def a2a_noncontiguous():
+    # gloo accepts it too but writes the view's elements as if it were contiguous (measured:
+    # the pieces land in out.view(-1)[:2P]); the result is checked against its definition
+    out = torch.zeros(2 * P, 2, requires_grad=True)
+    inp = torch.arange(2.0 * P) + 10 * rank
+    dist.all_to_all_single(out[:, 0], inp, group=pg)  # a non-contiguous view of a leaf
+    exp = torch.tensor([2.0 * rank + k + 10 * s for s in range(P) for k in range(2)])
+    assert torch.equal(out.detach()[:, 0], exp) and not out.detach()[:, 1].any(), out
+
+
+a2a_noncontiguous()
+
+
+def a2a_leaf(g):
+    out = torch.zeros(2 * P, requires_grad=True)
+    work = dist.all_to_all_single(out, torch.arange(2.0 * P) + 10 * rank, group=g,
+                                  async_op=True)
+    work.wait()
+    return [out.detach()]
+
+
+def gather_bcast(g):
+    outs = [torch.zeros(3) for _ in range(P)]  # (gloo refuses outputs that require grad)
+    dist.all_gather(outs, torch.ones(3) * rank, group=g)
+    b = torch.zeros(4, requires_grad=True)  # (gloo mishandles non-contiguous views)
+    if rank == 0:
+        b.detach().add_(7)
+    dist.broadcast(b, src=0, group=g)
+    return [o.detach() for o in outs] + [b.detach()]
+
+
+def recv_grad(g):
+    t = torch.zeros(5, requires_grad=True)
+    if rank == 0:
+        for s in range(1, P):
+            dist.recv(t, src=s, group=g)
+    else:
+        dist.send(torch.arange(5.0) * rank, dst=0, group=g)
+    return [t.detach()]
+
+
+for fn in (allreduce, reduce, a2a_leaf, gather_bcast, recv_grad):
+    same(fn)
+
+
+# -- recv without src: the source rank comes back, as with gloo -------------------------
+def anysource(g):
+    got = []
+    if rank == 0:
+        for _ in range(P - 1):
+            t = torch.zeros(3)
+            src = dist.recv(t, group=g)
+            assert torch.equal(t, torch.full((3,), float(src))), (src, t)
+            got.append(src)
+        assert sorted(got) == list(range(1, P)), got
+    else:
+        dist.send(torch.full((3,), float(rank)), dst=0, group=g)
+    return []
+
+
+same(anysource)
+
+
+# -- barrier waits for the group's earlier asynchronous all-to-alls (gloo's does) -----------
+if rank == 0:
+    time.sleep(0.3)  # the others enter the barrier before rank 0's data exists
+out = torch.empty(P, 2)
+work = dist.all_to_all_single(out, torch.ones(P, 2) * rank, group=pg, async_op=True)
+dist.barrier(group=pg)
+done = work.exchange.done and work.exchange.sent if BACKEND == "bls" else work._done
+assert done, "barrier did not complete the earlier all_to_all"
+assert torch.equal(out, torch.arange(float(P)).repeat_interleave(2).view(P, 2))
+
+# -- Work.wait(timeout): raises DistBackendError after it; then the Work has failed ----------
+# (gloo, measured: raises after the timeout; is_completed() true, is_success() false,
+# exception() the error)
+MPI.COMM_WORLD.Barrier()
+if rank == 0:
+    t = torch.zeros(3)
+    work = dist.irecv(t, src=1, tag=99, group=pg)  # nobody sends it
+    t0 = time.monotonic()
+    err = raises(dist.DistBackendError, work.wait, timedelta(seconds=0.3))
+    took = time.monotonic() - t0
+    assert 0.29 <= took < 5, took
+    assert isinstance(err, TimeoutError) and "recv" in str(err), err
+    assert work.is_completed() and not work.is_success() and work.exception() is err
+    assert raises(dist.DistBackendError, work.wait) is err
+    fut = work.get_future()
+    assert raises(dist.DistBackendError, fut.wait) is err
+MPI.COMM_WORLD.Barrier()
+
+# an all_to_all_single that a peer has not posted: the same through the Work
+slow = P - 1
+out = torch.empty(P, 2)
+if rank != slow:
+    work = dist.all_to_all_single(out, torch.ones(P, 2) * rank, group=pg, async_op=True)
+    t0 = time.monotonic()
+    err = raises(dist.DistBackendError, work.wait, timedelta(seconds=0.3))
+    took = time.monotonic() - t0
+    assert 0.29 <= took < 5, took
+    assert isinstance(err, TimeoutError), type(err).__mro__
+    if BACKEND == "bls":
+        assert err.peers == [slow] and err.iteration == work.exchange.iteration, err
+        assert str(slow) in str(err)
+    assert work.is_completed() and not work.is_success() and work.exception() is err
+MPI.COMM_WORLD.Barrier()
+if rank == slow:  # posts late: the others' exchange (still posted) pairs up with it
+    # (async_op as on the other ranks: MPI never matches Ialltoallv with Alltoallv)
+    dist.all_to_all_single(out, torch.ones(P, 2) * rank, group=pg, async_op=True).wait()
+    assert torch.equal(out, torch.arange(float(P)).repeat_interleave(2).view(P, 2))
+elif BACKEND == "mpisync":
+    work._req.Wait()  # the given-up Ialltoallv still needs this rank's progress
+MPI.COMM_WORLD.Barrier()
+dist.destroy_process_group()
+print(f"FIDELITY-OK {rank}", flush=True)
+"""
+)
+
+
+@pytest.mark.parametrize("backend", ["bls", "mpisync"])
+def test_fidelity_with_gloo(mpirun, backend):
+    result = mpirun.script(3, FIDELITY, backend, timeout=180)
+    assert result.stdout.count("FIDELITY-OK") == 3

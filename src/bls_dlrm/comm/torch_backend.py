@@ -130,8 +130,7 @@ class BLSWork(DoneWork):
     """A posted BLS exchange; ``wait`` completes it (and older ones) in order."""
 
     def __init__(self, pg: ProcessGroupBLS, exchange: Exchange, output: torch.Tensor):
-        super().__init__([output])
-        self._pg = pg
+        super().__init__([output], pg)
         self.exchange = exchange
         self._copy_out: torch.Tensor | None = None  # set when recv went to a temporary
 
@@ -140,8 +139,8 @@ class BLSWork(DoneWork):
         if self._error is not None:
             raise self._error
         ex = self.exchange
-        if not (ex.done and ex.sent):
-            pg = self._pg
+        pg = self._pg
+        if not (pg.closed and ex.done and ex.sent):
             engine = pg._engine_or_raise()
             try:
                 engine.poll()
@@ -165,7 +164,7 @@ class BLSWork(DoneWork):
         if self._error is not None:
             return True
         ex = self.exchange
-        if not (ex.done and ex.sent) and not self._pg.closed:
+        if not self._pg.closed:
             self._pg._engine_or_raise().poll()
         if ex.done:
             self._finish()
@@ -302,7 +301,7 @@ class ProcessGroupBLS(MPIProcessGroup):
             raise as_dist_error(exc) from None
         for out, piece in zip(output_tensors, exchange.recv.split(recv_counts), strict=True):
             out.detach().copy_(piece.view(out.shape))
-        return DoneWork(list(output_tensors))
+        return DoneWork(list(output_tensors), self)
 
 
 # -- registration ------------------------------------------------------------------------

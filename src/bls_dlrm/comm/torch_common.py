@@ -87,21 +87,26 @@ def timeout_seconds(timeout: timedelta | float | None) -> float | None:
 class DoneWork(dist.Work):
     """An operation that finished (or failed) before its call returned."""
 
-    def __init__(self, result: list[torch.Tensor] | None = None):
+    def __init__(self, result: list[torch.Tensor] | None = None, pg: MPIProcessGroup | None = None):
         super().__init__()
         self._result = result or []
         self._error: BaseException | None = None
+        self._pg = pg  # its wait and is_completed drive the group's progress
 
     def _fail(self, exc: BaseException) -> BaseException:
         self._error = exc
         return exc
 
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
+        if self._pg is not None:
+            self._pg._progress_if_open()
         if self._error is not None:
             raise self._error
         return True
 
     def is_completed(self) -> bool:
+        if self._pg is not None:
+            self._pg._progress_if_open()
         return True
 
     def is_success(self) -> bool:
@@ -143,9 +148,9 @@ class RequestWork(DoneWork):
         is_recv: bool = False,
         collective: bool = False,
     ):
-        super().__init__(result)
+        super().__init__(result, pg)
         self.collective = collective  # barrier and destroy complete it first
-        self._pg, self._req, self._what = pg, req, what
+        self._req, self._what = req, what
         self._keep = keep
         self._copy_to, self._copy_from = copy_to, copy_from
         self._is_recv = is_recv
@@ -166,8 +171,8 @@ class RequestWork(DoneWork):
         self._copy_to = self._copy_from = None
 
     def is_completed(self) -> bool:
+        self._pg._progress_if_open()
         if not self._done and self._error is None:
-            self._pg._progress_if_open()
             self._test()
         return self._done or self._error is not None
 
@@ -329,7 +334,7 @@ class MPIProcessGroup(dist.ProcessGroup):
     def _quiesce(self) -> None:
         """Complete this group's earlier asynchronous collectives (``barrier`` first)."""
         for work in list(self._pending):
-            if work.collective:
+            if work.collective and work._error is None:  # a failed one was given up
                 work.wait()
 
     # -- reductions and the rest (synchronous) -----------------------------------------------
@@ -338,7 +343,7 @@ class MPIProcessGroup(dist.ProcessGroup):
         self._enter()
         for t in tensors:
             t.detach().copy_(_reduce(self._allgather_bytes(t), opts.reduceOp, self))
-        return DoneWork(list(tensors))
+        return DoneWork(list(tensors), self)
 
     def allreduce_coalesced(self, tensors, opts):
         return self.allreduce(tensors, opts)
@@ -349,7 +354,7 @@ class MPIProcessGroup(dist.ProcessGroup):
             result = _reduce(self._allgather_bytes(t), opts.reduceOp, self)
             if self.rank() == opts.rootRank:
                 t.detach().copy_(result)
-        return DoneWork(list(tensors))
+        return DoneWork(list(tensors), self)
 
     def allgather(self, output_tensors, input_tensors, opts):
         self._enter()
@@ -359,7 +364,7 @@ class MPIProcessGroup(dist.ProcessGroup):
             stacked = self._allgather_bytes(t)
             for out, piece in zip(outs, stacked, strict=True):
                 out.detach().copy_(piece)
-        return DoneWork([o for outs in output_tensors for o in outs])
+        return DoneWork([o for outs in output_tensors for o in outs], self)
 
     def _allgather_base(self, output, input, opts):
         self._enter()
@@ -369,7 +374,7 @@ class MPIProcessGroup(dist.ProcessGroup):
                 f"{input.numel() * self.size()}"
             )
         output.detach().copy_(self._allgather_bytes(input).view(output.shape))
-        return DoneWork([output])
+        return DoneWork([output], self)
 
     # ``dist.all_gather_into_tensor`` and ``dist.reduce_scatter_tensor`` call these names;
     # torch's C++ methods behind them look for a per-device backend, which a Python
@@ -386,7 +391,7 @@ class MPIProcessGroup(dist.ProcessGroup):
         if self.rank() == opts.rootRank:
             for out, piece in zip(output_tensors[0], stacked, strict=True):
                 out.detach().copy_(piece)
-        return DoneWork(list(input_tensors))
+        return DoneWork(list(input_tensors), self)
 
     def scatter(self, output_tensors, input_tensors, opts):
         self._enter()
@@ -398,7 +403,7 @@ class MPIProcessGroup(dist.ProcessGroup):
             send = torch.empty((self.size(), *out.shape), dtype=out.dtype)
         self._broadcast_in_place(send, root)
         out.detach().copy_(send[self.rank()])
-        return DoneWork([out])
+        return DoneWork([out], self)
 
     def reduce_scatter(self, output_tensors, input_tensors, opts):
         self._enter()
@@ -406,19 +411,19 @@ class MPIProcessGroup(dist.ProcessGroup):
             mine = torch.stack([t.detach().contiguous() for t in ins])
             reduced = _reduce(self._allgather_bytes(mine), opts.reduceOp, self)
             out.detach().copy_(reduced[self.rank()])
-        return DoneWork(list(output_tensors))
+        return DoneWork(list(output_tensors), self)
 
     def _reduce_scatter_base(self, output, input, opts):
         self._enter()
         reduced = _reduce(self._allgather_bytes(input), opts.reduceOp, self)
         output.detach().copy_(reduced.view(self.size(), *output.shape)[self.rank()])
-        return DoneWork([output])
+        return DoneWork([output], self)
 
     def broadcast(self, tensors, opts):
         self._enter()
         for t in tensors:
             self._broadcast_in_place(t, opts.rootRank)
-        return DoneWork(list(tensors))
+        return DoneWork(list(tensors), self)
 
     def _broadcast_in_place(self, t: torch.Tensor, root: int) -> None:
         t = t.detach()
@@ -432,7 +437,7 @@ class MPIProcessGroup(dist.ProcessGroup):
         self._enter()
         self._quiesce()
         self._wait(self._comm.Ibarrier(), "barrier")
-        return DoneWork()
+        return DoneWork(pg=self)
 
     # send and recv return at once (``dist.isend``/``dist.irecv`` must not block: ranks that
     # all isend first would deadlock on large messages); ``dist.send``/``recv`` wait.

@@ -13,6 +13,10 @@ torch API as "gloo" and "bls". ``import bls_dlrm.comm`` registers it; then
   spinning ``Waitall``, and honours ``wait(timeout)``) or once ``is_completed`` finds it
   done.
 
+Every rank must pass the same ``async_op`` to the same call: MPI never matches a
+nonblocking collective with a blocking one (the blocking one on a rank would wait forever
+for its peers' nonblocking one).
+
 Every call into the group (posting any collective, ``wait``/``is_completed`` of any of its
 Works) first tests the group's nonblocking operations in flight, which drives MPI's
 progress for them. ``barrier`` completes the group's asynchronous all-to-alls first.
@@ -118,7 +122,7 @@ class ProcessGroupMPISync(MPIProcessGroup):
             self._comm.Alltoallv(smsg, rmsg)
             if copy_to is not None:
                 copy_to.detach().copy_(recv.view(copy_to.shape))
-            return DoneWork(result)
+            return DoneWork(result, self)
         req = self._comm.Ialltoallv(smsg, rmsg)
         work = RequestWork(
             self,
@@ -152,7 +156,7 @@ class ProcessGroupMPISync(MPIProcessGroup):
         self._alltoallv(send, scounts, recv, rcounts, list(output_tensors), None, False)
         for out, piece in zip(output_tensors, recv.split(rcounts), strict=True):
             out.detach().copy_(piece.view(out.shape))
-        return DoneWork(list(output_tensors))
+        return DoneWork(list(output_tensors), self)
 
 
 def _create(dist_opts, backend_options) -> ProcessGroupMPISync:
