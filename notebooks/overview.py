@@ -98,7 +98,11 @@ claims = evaluate(runs, per_iteration)
 display(
     pd.DataFrame(
         [
-            {"claim": f"({c.key}) {c.claim}", "measured": c.measured, "verdict": c.verdict}
+            {
+                "claim": f"{getattr(c, 'label', f'({c.key})')} {c.claim}",
+                "measured": c.measured,
+                "verdict": c.verdict,
+            }
             for c in claims
         ]
     )

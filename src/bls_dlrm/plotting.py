@@ -342,7 +342,8 @@ def _last_key(column: str) -> str:
 def _binding_columns(row: pd.Series) -> list[str]:
     """Columns (header or config) that say how ranks were bound: ``...bind``,
     ``...binding``, ``...bind_to``."""
-    return [c for c in row.index if _last_key(c) in ("bind", "binding", "bind_to")]
+    found = [c for c in row.index if _last_key(c) in ("bind", "binding", "bind_to")]
+    return sorted(found, key=lambda c: c.startswith("config."))  # logged before configured
 
 
 def _cores_per_rank(row: pd.Series) -> float:
@@ -363,7 +364,8 @@ def placement_of(row: pd.Series) -> str:
 
     Oversubscribed: the scenario name says so (:data:`STRESS_HINTS`) or the log recorded
     less than one core per rank. Bound: a binding column names cores (``core``). The
-    column names are matched by their last key, so header and config columns both work.
+    column names are matched by their last key, so header and config columns both work;
+    a logged (header) value wins over a configured one, and ``auto`` says nothing.
     """
     name = _scenario_name(row).lower()
     if any(hint in name for hint in STRESS_HINTS):
@@ -376,6 +378,8 @@ def placement_of(row: pd.Series) -> str:
         if _is_missing(value):
             continue
         text = str(value).strip().lower()
+        if text in ("auto", "default"):  # resolved elsewhere (the header), if at all
+            continue
         if text in ("", "none", "no", "false", "off"):
             return UNBOUND
         if "core" in text or text in ("true", "yes", "on"):
@@ -772,20 +776,18 @@ def load_protocol(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The claims protocol (``config/protocol.yaml``), as :mod:`bls_dlrm.claims` reads it.
 
     Uses the claims module's own loader when it has one (so figures and the claims table
-    read the same validated file), else parses the YAML. An absent file gives ``{}``: a
-    figure then draws no threshold rather than one written into the notebook.
+    read the same validated file; an invalid one raises), else parses the YAML. An absent
+    file gives ``{}``: a figure then draws no threshold rather than one written into the
+    notebook.
     """
     from bls_dlrm import claims
 
     file = project_path(path or PROTOCOL_PATH)
-    loader = getattr(claims, "load_protocol", None)
-    if callable(loader):
-        try:
-            return dict(loader(file))
-        except FileNotFoundError:
-            return {}
     if not file.is_file():
         return {}
+    loader = getattr(claims, "load_protocol", None)
+    if callable(loader):
+        return dict(loader(file))
     import yaml
 
     return yaml.safe_load(file.read_text()) or {}
