@@ -408,23 +408,24 @@ def run(
         dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.timeout_s))
     groups = {s.label: _new_group(s, cfg) for s in series}  # config order, every rank
     footers: dict[str, str] = {}
-    try:
-        for index, s in enumerate(order):
-            out = Path(out_dir) / s.label if multi else Path(out_dir)
-            preds = None
-            if predictions_out is not None:
-                preds = Path(predictions_out) / s.label if multi else Path(predictions_out)
-            comm.Barrier()
-            footers[s.label] = str(
-                _run_series(ctx, s, groups[s.label], out, preds, order, index, progress)
-            )
+    # No cleanup on an error: a clean shutdown drains the groups, that is, waits once more
+    # (up to timeout_s) for the very peers that failed. The error ends the whole job
+    # instead (`bls-dlrm` aborts MPI_COMM_WORLD on any exception of a multi-rank run).
+    for index, s in enumerate(order):
+        out = Path(out_dir) / s.label if multi else Path(out_dir)
+        preds = None
+        if predictions_out is not None:
+            preds = Path(predictions_out) / s.label if multi else Path(predictions_out)
         comm.Barrier()
-    finally:
-        if own_default:
-            dist.destroy_process_group()
-        else:
-            for group in groups.values():
-                dist.destroy_process_group(group)
+        footers[s.label] = str(
+            _run_series(ctx, s, groups[s.label], out, preds, order, index, progress)
+        )
+    comm.Barrier()
+    if own_default:
+        dist.destroy_process_group()
+    else:
+        for group in groups.values():
+            dist.destroy_process_group(group)
     return {
         "footers": footers,
         "order": [s.label for s in order],
