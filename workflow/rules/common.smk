@@ -277,10 +277,11 @@ def dataset_name(model, data, seed):
     pooling = f"{data['pooling']}{data['pooling_k']}"
     if data["pooling"] in ("heavy", "bursty"):
         cap = data.get("pooling_max")
-        pooling += f"s{data.get('pooling_sigma', 1.0):g}" + (f"max{cap}" if cap else "")
+        capped = f"max{cap}" if cap else ""
+        pooling = f"{pooling}s{data.get('pooling_sigma', 1.0):g}{capped}"
     if data.get("per_table"):
         text = json.dumps(data["per_table"], sort_keys=True)
-        pooling += "_pt" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        pooling = f"{pooling}_pt{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     return f"{model['name']}_{skew}_{pooling}_seed{seed}"
 
 
