@@ -305,8 +305,10 @@ from bls_dlrm.comm import BLSAlltoallv, BLSTimeoutError
 BIG = 1 << 19
 pair = comm.Split(0 if rank != 1 else MPI.UNDEFINED)
 e = BLSAlltoallv(comm, 1, timeout=2.0)
+a = BLSAlltoallv(comm, 1, timeout=2.0, transport="ialltoallv")
 eq = [[1] * P for _ in range(P)]
 e.post(send_of(0, eq)).wait()
+a.post(send_of(0, eq)).wait()
 # Exchange 1: big pieces to rank 1, small ones from it. Rank 1 posts it, then stops (alive,
 # not calling MPI): its own small pieces are out, the big ones for it never leave.
 c = [[1] * P for _ in range(P)]
@@ -336,9 +338,19 @@ assert took < 10, took
 assert isinstance(exc, TimeoutError) and isinstance(exc, dist.DistBackendError)
 assert (exc.iteration, exc.peers, exc.waiting_for) == (2, [1], "data"), vars(exc)
 assert "exchange 2" in str(exc) and "peer(s) [1]" in str(exc), str(exc)
+
+# ialltoallv shows no per-peer arrival: the engine asks the peers and names the one that
+# had not posted (not every peer).
+pair.Barrier()
+t0 = time.monotonic()
+exc = raises(BLSTimeoutError, a.post(send_of(1, eq)).wait)
+took = time.monotonic() - t0
+assert took < 10, took
+assert (exc.iteration, exc.peers, exc.waiting_for) == (1, [1], "data"), vars(exc)
 print(f"STOPPED-OK {rank} {took:.1f}", flush=True)
 e.abort()
-assert e.closed
+a.abort()
+assert e.closed and a.closed
 pair.Barrier()
 if rank == 0:
     comm.Abort(3)

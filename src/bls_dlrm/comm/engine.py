@@ -77,9 +77,11 @@ from .buffers import new_like, row_buffer, send_buffer
 _TAG_SPACE = 1 << 15  # MPI guarantees tags up to 32767
 DEFAULT_HISTORY = 4096  # ExchangeStats kept by default (``keep_history``)
 _PLAN_CACHE = 64  # distinct count patterns remembered
+_QUERY, _ANSWER = 1, 2  # tags of the ialltoallv transport's "how far are you?" messages
 # Exchanges an aborted (or failed) engine could not finish: their buffers stay referenced
 # here until the process exits, so MPI never writes into or reads from freed memory.
 _ABANDONED: list[Exchange] = []
+_ABANDONED_REQUESTS: list[tuple[MPI.Request, Any]] = []  # (request, the buffer it uses)
 
 try:  # torch users catch DistBackendError; it has no instance layout of its own
     from torch.distributed import DistBackendError as _DistBackendError
@@ -455,6 +457,16 @@ class BLSAlltoallv:
         # rank is everybody's first target.
         self._peers = [(self.rank + k) % self.size for k in range(1, self.size)]
         self._plans: dict[tuple, _Plan] = {}
+        # ialltoallv: one collective request shows no per-peer arrival. To name the slow
+        # peer, a rank about to time out asks its peers how far they have posted; every
+        # engine answers while it polls or waits (see ``_serve_queries``).
+        self._ctl: MPI.Comm | None = None
+        if transport == "ialltoallv" and self.size > 1:
+            self._ctl = self.comm.Dup()
+            self._query_in = bytearray(8)
+            self._query_status = MPI.Status()
+            self._query_req = self._ctl.Irecv([self._query_in, MPI.BYTE], MPI.ANY_SOURCE, _QUERY)
+            self._replies: list[tuple[MPI.Request, bytes]] = []
         self._persistent_on = persistent and transport == "p2p"
         slots = lag_bound + 1
         self._slot_reqs: list[_Persistent | None] = [None] * slots
@@ -660,6 +672,8 @@ class BLSAlltoallv:
             while in_flight and in_flight[0]._ready():
                 done.append(self._finish(in_flight.popleft(), waited=0.0, lag=0))
             self._reap_sends()
+            if self._ctl is not None:
+                self._serve_queries()
             return done
 
     def complete_oldest(self, timeout: float | None = None) -> Exchange:
@@ -749,7 +763,7 @@ class BLSAlltoallv:
         if self.backoff is None:  # MPI's own (spinning) wait, for measurements only
             MPI.Request.Waitall(ex._reqs, ex._statuses)
             ex._here = True
-        else:
+        elif self._ctl is None:
             ok = self.backoff.wait(
                 lambda: ex.done or self._closed or ex._ready(),
                 self._deadline(deadline),
@@ -766,6 +780,9 @@ class BLSAlltoallv:
                     lag,
                     self.timeout if timeout is None else timeout,
                 )
+        else:
+            if self._wait_asking(ex, self._deadline(deadline), lag, timeout) is None:
+                return None
         waited = time.monotonic() - t0
         # Only in-order completion pops, so an exchange not done is still the oldest.
         self._in_flight.popleft()
@@ -858,6 +875,59 @@ class BLSAlltoallv:
         """
         return self._posted - ex.stats.iteration
 
+    def _wait_asking(self, ex: Exchange, deadline, lag, timeout) -> Exchange | None:
+        """ialltoallv: wait for ``ex``; before the deadline, ask the peers how far they are.
+
+        Half the timeout (at most 1 s) before the deadline this rank asks every peer with
+        a piece for it; a peer answers with its number of posted exchanges the next time
+        it polls or waits in its engine. At the deadline the slow peers are those that
+        had not posted ``ex`` or did not answer. None: another thread completed ``ex``.
+        """
+
+        def here() -> bool:
+            return ex.done or self._closed or ex._ready() or self._serve_queries()
+
+        grace = None if deadline is None else min(1.0, (deadline - time.monotonic()) / 2)
+        first = None if deadline is None else deadline - grace
+        ok = self.backoff.wait(here, first, self._sleep, self._yield)
+        self._check_open()
+        if ex.done:
+            return None
+        if ok:
+            return ex
+        asked = self._missing(ex)
+        ctl, i = self._ctl, ex.stats.iteration
+        question = i.to_bytes(8, "little", signed=True)
+        answers = {p: bytearray(8) for p in asked}
+        reqs = [ctl.Irecv([answers[p], MPI.BYTE], p, _ANSWER) for p in asked]
+        sends = [ctl.Isend([question, MPI.BYTE], p, _QUERY) for p in asked]
+        ok = self.backoff.wait(here, deadline, self._sleep, self._yield)
+        self._check_open()
+        if ex.done:
+            return None
+        if ok:
+            # Answers still on their way are left to arrive; their buffers are kept.
+            _ABANDONED_REQUESTS.extend((r, answers) for r in reqs + sends)
+            return ex
+        slow = []
+        for p, r in zip(asked, reqs, strict=True):
+            if not r.Test() or int.from_bytes(answers[p], "little", signed=True) <= i:
+                slow.append(p)
+        _ABANDONED_REQUESTS.extend((r, answers) for r in reqs + sends)
+        raise BLSTimeoutError(i, slow or asked, lag, self.timeout if timeout is None else timeout)
+
+    def _serve_queries(self) -> bool:
+        """Answer peers that asked how far this rank has posted (ialltoallv); False."""
+        status = self._query_status
+        while self._query_req.Test(status):
+            reply = self._posted.to_bytes(8, "little", signed=True)
+            peer = status.Get_source()
+            self._replies.append((self._ctl.Isend([reply, MPI.BYTE], peer, _ANSWER), reply))
+            self._query_req = self._ctl.Irecv([self._query_in, MPI.BYTE], MPI.ANY_SOURCE, _QUERY)
+        if self._replies and self._replies[0][0].Test():
+            self._replies = [(r, b) for r, b in self._replies if not r.Test()]
+        return False
+
     def _missing(self, ex: Exchange) -> list[int]:
         if not ex._peers:
             plan = ex._plan
@@ -888,6 +958,7 @@ class BLSAlltoallv:
                 self._abandon()
                 self._closed = True
                 self._free_persistent()
+                self._free_ctl()
                 self.comm.Free()
 
     def abort(self) -> None:
@@ -902,6 +973,7 @@ class BLSAlltoallv:
                 return
             self._closed = True
             self._abandon()
+            self._free_ctl()
             # Freeing a communicator with pending operations is legal MPI: it goes once
             # they finish. Persistent requests still active are left to the process exit.
 
@@ -925,6 +997,21 @@ class BLSAlltoallv:
         if active:
             # Persistent requests of the abandoned exchanges stay allocated.
             self._slot_reqs = [None] * len(self._slot_reqs)
+
+    def _free_ctl(self) -> None:
+        if self._ctl is None:
+            return
+        req = self._query_req
+        try:
+            req.Cancel()
+            if not req.Test():  # a cancelled receive completes at once; else keep it
+                _ABANDONED_REQUESTS.append((req, self._query_in))
+        except MPI.Exception:
+            _ABANDONED_REQUESTS.append((req, self._query_in))
+        _ABANDONED_REQUESTS.extend(self._replies)
+        self._replies = []
+        self._ctl.Free()
+        self._ctl = None
 
     def _free_persistent(self) -> None:
         for entry in self._slot_reqs:
