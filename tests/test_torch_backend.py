@@ -663,12 +663,16 @@ same(anysource)
 # -- barrier waits for the group's earlier asynchronous all-to-alls (gloo's does) -----------
 if rank == 0:
     time.sleep(0.3)  # the others enter the barrier before rank 0's data exists
-out = torch.empty(P, 2)
-work = dist.all_to_all_single(out, torch.ones(P, 2) * rank, group=pg, async_op=True)
-dist.barrier(group=pg)
+# (1 MiB pieces: MPI's rendezvous protocol needs several rounds of progress on both sides,
+# more than the one poll that any call makes)
+n = 2**18
+out = torch.empty(P, n)
+work = dist.all_to_all_single(out, torch.ones(P, n) * rank, group=pg, async_op=True)
+bw = pg.barrier(dist.BarrierOptions())  # what dist.barrier calls, before its wait polls
 done = work.exchange.done and work.exchange.sent if BACKEND == "bls" else work._done
 assert done, "barrier did not complete the earlier all_to_all"
-assert torch.equal(out, torch.arange(float(P)).repeat_interleave(2).view(P, 2))
+bw.wait()
+assert torch.equal(out, torch.arange(float(P)).repeat_interleave(n).view(P, n))
 
 # -- Work.wait(timeout): raises DistBackendError after it; then the Work has failed ----------
 # (gloo, measured: raises after the timeout; is_completed() true, is_success() false,
