@@ -265,6 +265,94 @@ def test_ideal_columns_from_theory(mpi_run, bls_run):
     assert bls["ideal_speedup"] > 1.0  # a rotating straggler is what a lag bound can hide
 
 
+def test_work_cv_hand_computed(mpi_run):
+    """Work w = compute + delay per rank: 4|4, 4|7, 4|4, 6|4 ms over the measured iterations.
+
+    Population std / mean across the two ranks: 0, 1.5/5.5 = 3/11, 0, 1/5 = 0.2.
+    """
+    row = tables.runs_table([mpi_run]).iloc[0]
+    cvs = [0.0, 3 / 11, 0.0, 0.2]
+    assert row["work_cv"] == pytest.approx(sum(cvs) / 4)
+    # sorted 0, 0, 0.2, 3/11: p50 at rank 1.5 -> 0.1; p99 at rank 2.97
+    assert row["work_cv_p50"] == pytest.approx(0.1)
+    assert row["work_cv_p99"] == pytest.approx(0.2 + 0.97 * (3 / 11 - 0.2))
+
+
+def work_run(run_dir: Path, compute: list[list[float]], delay: list[list[float]]) -> Path:
+    """A complete run whose rank r does compute[r][i] + delay[r][i] in measured iteration i."""
+    ranks = len(compute)
+    for rank in range(ranks):
+        header = Header(
+            run_id="work",
+            rank=rank,
+            world_size=ranks,
+            collective="mpi",
+            lag_bound=None,
+            config={},
+            versions={},
+            host="h",
+            git_rev=None,
+            clock="time.monotonic",
+            t0=0.0,
+            started_utc="2026-01-01T00:00:00+00:00",
+        )
+        with RunLogWriter(run_dir, header) as log:
+            for i, (c, d) in enumerate(zip(compute[rank], delay[rank], strict=True)):
+                t = 1.0 + i
+                log.write(Iteration(i, False, 8, t, t, t, t, t + 0.5, t + 0.5, 0.0, d, c, 0, "ab"))
+            log.close()
+    return run_dir
+
+
+def test_work_cv_is_zero_for_equal_work_and_counts_delays(tmp_path):
+    same = [[0.004] * 3, [0.004] * 3]
+    none = [[0.0] * 3, [0.0] * 3]
+    flat = read_run(work_run(tmp_path / "flat", same, none))
+    assert tables.runs_table([flat])["work_cv"].item() == 0.0
+    # rank 1 is delayed 2 ms in every iteration: 4 and 6 ms, std 1, mean 5
+    slow = read_run(work_run(tmp_path / "slow", same, [[0.0] * 3, [0.002] * 3]))
+    row = tables.runs_table([slow]).iloc[0]
+    assert row["work_cv"] == pytest.approx(0.2)
+    assert row["work_cv_p50"] == pytest.approx(0.2) and row["work_cv_p99"] == pytest.approx(0.2)
+    # three ranks, work 1, 2, 3 ms in iteration 0 only (then equal): cv sqrt(2/3) / 2
+    three = [[0.001, 0.002], [0.002, 0.002], [0.003, 0.002]]
+    row = tables.runs_table([read_run(work_run(tmp_path / "three", three, [[0.0] * 2] * 3))])
+    assert row["work_cv"].item() == pytest.approx((2 / 3) ** 0.5 / 2 / 2)
+
+
+def test_placement_and_series_columns_from_the_headers(tmp_path, mpi_run):
+    def placed(header):
+        header.update(
+            series_order=["bls-L2", "mpi", "gloo"],
+            series_index=1,
+            shuffle_seed=17,
+            cores=[header["rank"]] * (1 + header["rank"]),
+            cores_per_rank=1 + header["rank"],
+            binding="core",
+        )
+
+    run = read_run(copy_run(MPI, tmp_path / "placed", edit_header=placed))
+    row = tables.runs_table([run]).iloc[0]
+    assert row["binding"] == "core"
+    assert row["cores_per_rank"] == 1  # fewest over ranks (rank 0: 1, rank 1: 2)
+    assert row["series_order"] == "bls-L2|mpi|gloo"
+    assert row["series_index"] == 1 and row["shuffle_seed"] == 17
+
+    def mixed(header):
+        placed(header)
+        header["binding"] = "core" if header["rank"] == 0 else "none"
+
+    other = read_run(copy_run(MPI, tmp_path / "mixed", edit_header=mixed))
+    runs = tables.runs_table([mpi_run, other])
+    assert list(runs["binding"].fillna("-")) == ["-", "mixed"]
+    # the stored logs predate these fields: nulls, integers kept exact
+    assert runs["cores_per_rank"].isna().iloc[0] and runs["series_order"].isna().iloc[0]
+    for name in ("cores_per_rank", "series_index", "shuffle_seed"):
+        assert str(runs[name].dtype) == "Int64"
+    # the ideal speedup for the run's own lag bound stays
+    assert "ideal_speedup" in runs.columns
+
+
 def test_ranks_on_two_hosts_are_put_on_one_timeline(tmp_path, mpi_run):
     """Rank 1 on a host whose monotonic clock reads 1000 s more: same tables after alignment."""
 

@@ -34,9 +34,16 @@ derived quantity is defined once, here:
     ``ideal_makespan_s`` (under the run's lag bound; the synchronous baselines count as
     ``L = 0``), ``ideal_makespan_sync_s`` (``L = 0``), ``ideal_speedup`` (sync / ideal) and
     ``ideal_efficiency`` (ideal makespan / measured makespan: 1.0 means the run attained
-    the bound); ``predictions_checksum`` (SHA-256 over the per-iteration checksums);
+    the bound); the per-rank work spread: for each measured iteration the coefficient of
+    variation across ranks of ``w[r, i]`` (population std / mean), its mean over the
+    iterations as ``work_cv`` and its percentiles ``work_cv_p50``, ``work_cv_p99`` (0 when
+    every rank works equally long; what skew and delays create);
+    ``predictions_checksum`` (SHA-256 over the per-iteration checksums);
     counts (``iterations`` with warm-up, ``measured_iterations``, ``samples``); provenance
-    (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``).
+    (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``); placement and
+    order from the headers: ``binding`` (as logged, ``"mixed"`` if ranks differ),
+    ``cores_per_rank`` (fewest over ranks), ``series_order`` (the launch's series labels
+    joined by ``|``), ``series_index``, ``shuffle_seed`` (null for logs without them).
 
 Run parameters, on every row of every table: ``run_id``, ``collective``, ``lag_bound``
 (nullable integer; null for the synchronous baselines), ``world_size``, and the header's
@@ -316,6 +323,7 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
         work = np.zeros((run.world_size, 0))
     ideal = theory.ideal_makespan(work, _effective_lag_bound(run))
     sync = theory.makespan_sync(work)
+    cv = _work_cv(work)
 
     header = run.header
     row: dict[str, Any] = {
@@ -345,6 +353,10 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
         "ideal_makespan_sync_s": sync,
         "ideal_speedup": sync / ideal if ideal > 0 else math.nan,
         "ideal_efficiency": ideal / makespan if makespan > 0 else math.nan,
+        "work_cv": float(cv.mean()) if len(cv) else math.nan,
+        "work_cv_p50": float(np.percentile(cv, 50)) if len(cv) else math.nan,
+        "work_cv_p99": float(np.percentile(cv, 99)) if len(cv) else math.nan,
+        **_placement(run),
         "predictions_checksum": _combine_checksums(per_iteration["checksum"]),
         "run_dir": str(run.run_dir),
         "hosts": len({log.header.host for log in run}),
@@ -354,6 +366,48 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
     row.update(flatten_config(header.versions, "versions"))
     row.update(flatten_config(header.config))
     return row
+
+
+def _work_cv(work: np.ndarray) -> np.ndarray:
+    """Per iteration: std / mean across ranks of the work (population std, ``ddof=0``).
+
+    ``work`` is ranks x iterations. Iterations without any work (mean 0) are left out: their
+    spread is undefined, not zero.
+    """
+    if work.size == 0:
+        return np.zeros(0)
+    mean = work.mean(axis=0)
+    std = work.std(axis=0)
+    keep = mean > 0
+    return std[keep] / mean[keep]
+
+
+def _placement(run: RunLog) -> dict[str, Any]:
+    """Where the run's ranks ran and its place in its launch, from the headers.
+
+    ``binding`` as logged when every rank logged the same (``"mixed"`` otherwise, null if
+    none logged it); ``cores_per_rank`` the fewest any rank had; ``series_order`` the
+    launch's series labels joined by ``|``; ``series_index`` and ``shuffle_seed`` as logged
+    (rank 0). Older logs without these fields give nulls.
+    """
+    headers = [log.header for log in run]
+    bindings = {h.binding for h in headers}
+    if len(bindings) > 1:
+        binding: str | None = "mixed"
+    else:
+        binding = bindings.pop()
+    cores = [h.cores_per_rank for h in headers if h.cores_per_rank is not None]
+    order = headers[0].series_order
+    return {
+        "binding": binding,
+        "cores_per_rank": min(cores) if cores else None,
+        "series_order": None if order is None else "|".join(order),
+        "series_index": headers[0].series_index,
+        "shuffle_seed": headers[0].shuffle_seed,
+    }
+
+
+_NULLABLE_INT_COLUMNS = ("cores_per_rank", "series_index", "shuffle_seed")
 
 
 def _param_dtypes(params: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -395,7 +449,11 @@ def _rows_param_dtypes(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return _apply_dtypes(pd.DataFrame(rows), _rows_param_dtypes(rows))
+    df = _apply_dtypes(pd.DataFrame(rows), _rows_param_dtypes(rows))
+    for name in _NULLABLE_INT_COLUMNS:  # null in older logs: keep the integers exact
+        if name in df.columns:
+            df[name] = df[name].astype("Int64")
+    return df
 
 
 def runs_table(runs: Iterable[RunLog]) -> pd.DataFrame:
