@@ -114,6 +114,8 @@ NOT_WORKLOAD = frozenset(
     {
         "config.collective",
         "config.lag_bound",
+        "config.series_label",
+        "config.backend",
         "config.transport",
         "config.repetition",
         "config.run_id",
