@@ -374,3 +374,56 @@ def _write(mpirun, code: str) -> str:
     path = mpirun.tmp_path / "stopped.py"
     path.write_text(code)
     return str(path)
+
+
+FAST_PATH = (
+    PIECES
+    + """
+from bls_dlrm.comm import BLSAlltoallv
+
+# Repeated counts and buffers take persistent requests; other ranks may not (rank 1 uses
+# fresh buffers), counts change and change back, the ring size differs from L + 1 on rank 2.
+A = [[(s + 2 * d) % 4 + 1 for d in range(P)] for s in range(P)]
+B = [[(3 * s + d) % 3 for d in range(P)] for s in range(P)]
+for lag in (0, 2):
+    for width in (None, 3):
+        e = BLSAlltoallv(comm, lag, timeout=60.0)
+        ring = lag + 1 if rank != 2 else lag + 2
+        sends, recvs = [None] * ring, [None] * ring
+        handles = []
+        for it in range(36):
+            counts = B if 12 <= it < 20 else A
+            sc, rc = counts[rank], [counts[s][rank] for s in range(P)]
+            k = it % ring
+            if it >= ring:
+                handles[it - ring].wait()  # its buffers are the caller's again
+            data = send_of(it, counts, width)
+            if rank == 1 or sends[k] is None or sends[k].shape != data.shape:
+                sends[k] = np.empty_like(data)
+                recvs[k] = np.empty((sum(rc),) + data.shape[1:], data.dtype)
+            sends[k][...] = data
+            if recvs[k].shape[0] != sum(rc):
+                recvs[k] = np.empty((sum(rc),) + data.shape[1:], data.dtype)
+            handles.append(e.post(sends[k], sc, rc, recvs[k]))
+            for x in e.trim():
+                want = expected(x.iteration, A if not 12 <= x.iteration < 20 else B, width)
+                assert np.array_equal(x.recv, want), (lag, x.iteration)
+        e.drain()
+        for x in handles[-(lag + 1):]:
+            it = x.iteration
+            want = expected(it, A if not 12 <= it < 20 else B, width)
+            assert np.array_equal(x.recv, want), (lag, it)
+        used = [s is not None for s in e._slot_reqs]
+        if rank == 1:
+            assert not any(used), used  # never the same buffers twice
+        elif rank == 0:
+            assert all(used), used  # the fast path was taken
+        e.close()
+print(f"FAST-PATH-OK {rank}", flush=True)
+"""
+)
+
+
+def test_fast_path_for_repeated_counts_and_buffers(mpirun):
+    result = mpirun.script(3, FAST_PATH)
+    assert result.stdout.count("FAST-PATH-OK") == 3, result.stdout

@@ -264,21 +264,22 @@ class _Plan:
         "sends",
     )
 
-    def __init__(self, rank, peers, row_bytes, send_counts, recv_counts):
+    def __init__(self, rank, peers, row_bytes, send_counts, recv_counts, collective):
         rb = row_bytes
         sd, rd = _displacements(send_counts), _displacements(recv_counts)
         self.send_counts, self.recv_counts = send_counts, recv_counts
-        self.recv_rows = sum(recv_counts)
+        self.recv_rows = rd[-1] + recv_counts[-1]
         # (peer, first byte, end byte) in the order this rank talks to its peers
         self.recvs = [(p, rd[p] * rb, (rd[p] + recv_counts[p]) * rb) for p in peers]
         self.sends = [(p, sd[p] * rb, (sd[p] + send_counts[p]) * rb) for p in peers]
-        self.recv_bytes = [recv_counts[p] * rb for p in peers]
+        self.recv_bytes = [b - a for _, a, b in self.recvs]
         n = send_counts[rank] * rb
         self.self_copy = (sd[rank] * rb, rd[rank] * rb, n) if n else None
-        self.bytes_sent = rb * (sum(send_counts) - send_counts[rank])
+        self.bytes_sent = rb * (sd[-1] + send_counts[-1] - send_counts[rank])
         self.bytes_received = rb * (self.recv_rows - recv_counts[rank])
-        self.a2a_send = ([c * rb for c in send_counts], [d * rb for d in sd])
-        self.a2a_recv = ([c * rb for c in recv_counts], [d * rb for d in rd])
+        if collective:
+            self.a2a_send = ([c * rb for c in send_counts], [d * rb for d in sd])
+            self.a2a_recv = ([c * rb for c in recv_counts], [d * rb for d in rd])
 
 
 class _Persistent:
@@ -471,6 +472,7 @@ class BLSAlltoallv:
         slots = lag_bound + 1
         self._slot_reqs: list[_Persistent | None] = [None] * slots
         self._slot_seen: list[tuple | None] = [None] * slots
+        self._slot_statuses: list[list[MPI.Status] | None] = [None] * slots
         release = getattr(self._lock, "_release_save", None)
         restore = getattr(self._lock, "_acquire_restore", None)
         if release is not None and restore is not None:
@@ -600,7 +602,14 @@ class BLSAlltoallv:
             key, plan = None, None
         if plan is None:
             sc, rc = split_counts(self.rank, self.size, rows, send_counts, recv_counts)
-            plan = _Plan(self.rank, self._peers, row_bytes, sc, rc)
+            plan = _Plan(
+                self.rank,
+                self._peers,
+                row_bytes,
+                sc,
+                rc,
+                self.transport != "p2p",
+            )
             if key is not None:
                 if len(self._plans) >= _PLAN_CACHE:
                     self._plans.clear()
@@ -641,7 +650,11 @@ class BLSAlltoallv:
         irecv, isend = comm.Irecv, comm.Isend
         ex._reqs = [irecv([rview[a:b], byte], p, tag) for p, a, b in plan.recvs]
         ex._send_reqs = [isend([sview[a:b], byte], p, tag) for p, a, b in plan.sends]
-        ex._statuses = [MPI.Status() for _ in plan.recvs]
+        # Exchange i - L - 1 of this slot is finished: its statuses may be reused.
+        statuses = self._slot_statuses[slot]
+        if statuses is None:
+            statuses = self._slot_statuses[slot] = [MPI.Status() for _ in plan.recvs]
+        ex._statuses = statuses
         self._self_copy(plan, sview, rview)
 
     @staticmethod
