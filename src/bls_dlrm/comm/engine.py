@@ -77,6 +77,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, ClassVar
 
 from mpi4py import MPI
@@ -275,20 +276,23 @@ class _Plan:
 
     def __init__(self, rank, peers, row_bytes, send_counts, recv_counts, collective):
         rb = row_bytes
-        sd, rd = _displacements(send_counts), _displacements(recv_counts)
         self.send_counts, self.recv_counts = send_counts, recv_counts
-        self.recv_rows = rd[-1] + recv_counts[-1]
+        sbytes = [c * rb for c in send_counts]
+        rbytes = [c * rb for c in recv_counts]
+        soff = [0, *accumulate(sbytes)]  # soff[p]: first byte for peer p; soff[P]: total
+        roff = [0, *accumulate(rbytes)]
         # (peer, first byte, end byte) in the order this rank talks to its peers
-        self.recvs = [(p, rd[p] * rb, (rd[p] + recv_counts[p]) * rb) for p in peers]
-        self.sends = [(p, sd[p] * rb, (sd[p] + send_counts[p]) * rb) for p in peers]
-        self.recv_bytes = [b - a for _, a, b in self.recvs]
-        n = send_counts[rank] * rb
-        self.self_copy = (sd[rank] * rb, rd[rank] * rb, n) if n else None
-        self.bytes_sent = rb * (sd[-1] + send_counts[-1] - send_counts[rank])
-        self.bytes_received = rb * (self.recv_rows - recv_counts[rank])
+        self.recvs = [(p, roff[p], roff[p + 1]) for p in peers]
+        self.sends = [(p, soff[p], soff[p + 1]) for p in peers]
+        self.recv_bytes = [rbytes[p] for p in peers]
+        self.recv_rows = sum(recv_counts)
+        n = sbytes[rank]
+        self.self_copy = (soff[rank], roff[rank], n) if n else None
+        self.bytes_sent = soff[-1] - n
+        self.bytes_received = roff[-1] - rbytes[rank]
         if collective:
-            self.a2a_send = ([c * rb for c in send_counts], [d * rb for d in sd])
-            self.a2a_recv = ([c * rb for c in recv_counts], [d * rb for d in rd])
+            self.a2a_send = (sbytes, soff[:-1])
+            self.a2a_recv = (rbytes, roff[:-1])
 
 
 class _Persistent:
