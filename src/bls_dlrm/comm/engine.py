@@ -43,15 +43,15 @@ the ordinary ``Irecv``/``Isend`` path. Each rank chooses alone: both paths use t
 tags. Measured on 2 ranks (2 cores shared with other jobs), blocking exchanges at L = 0
 (``post(send, None, None, recv); trim()``), 31 interleaved blocks of 30 exchanges, median
 block time per exchange (max over ranks) against mpi4py's blocking ``Alltoallv`` on the
-same bytes; the engine before this fast path in brackets:
+same bytes, range over three runs; the engine before the fast path in brackets:
 
-==========  ==========  =================  =========================
-per peer    persistent  plain (cached)     counts new on every call
-==========  ==========  =================  =========================
-16 KiB      1.19x       1.29x              1.65x (1.53x)
-64 KiB      0.82x       0.83-0.91x         1.07-1.19x (0.93-0.99x)
-1 MiB       0.54x       0.56x              0.59x (0.57x)
-==========  ==========  =================  =========================
+==========  ==========  ==============  =========================
+per peer    persistent  plain (cached)  counts new on every call
+==========  ==========  ==============  =========================
+16 KiB      1.19-1.21x  1.29-1.34x      1.65-1.99x (1.53-1.72x)
+64 KiB      0.82-0.91x  0.83-0.96x      1.07-1.19x (0.93-1.14x)
+1 MiB       0.52-0.54x  0.54-0.56x      0.58-0.59x (0.57x)
+==========  ==========  ==============  =========================
 
 So the persistent requests are on by default (``persistent=False`` turns them off). On 4
 ranks over 2 busy cores the same loop measured milliseconds of scheduling noise per
