@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from test_engine import PIECES
 
 pytestmark = pytest.mark.mpi
@@ -223,13 +222,13 @@ h0 = e.post(s0, c0[rank], [c0[s][rank] for s in range(P)])
 h1 = e.post(send_of(1, c1), c1[rank], [c1[s][rank] for s in range(P)])
 seen = []
 if rank == 0:
-    t_end = time.monotonic() + 0.5
-    ahead = False
-    while time.monotonic() < t_end:
+    t_end = time.monotonic() + 30
+    ahead = 0  # polls that saw all of exchange 1 but not exchange 0
+    while ahead < 20 and time.monotonic() < t_end:
         seen += [x.iteration for x in e.poll()]
-        ahead = ahead or (not h0.done and h1.test())
+        assert seen == [], seen  # exchange 0 is not here, so nothing completes
+        ahead += not h0.done and h1.test()
         time.sleep(1e-3)
-    assert seen == [], seen  # exchange 0 is not here, so nothing completes
     assert ahead, "exchange 1 never arrived before exchange 0: the test lost its point"
 comm.Barrier()
 if rank == 2:
@@ -249,21 +248,21 @@ e.close()
 e = BLSAlltoallv(comm, 2, timeout=T, transport="ialltoallv")
 eq = [[2] * P for _ in range(P)]
 none = [0] * P
-comm.Barrier()
+seen = []
 if rank == 2:
-    time.sleep(0.6)
+    comm.Barrier()  # posts only once the others have seen exchange 1 complete first
 h0 = e.post(send_of(2, eq))
 h1 = e.post(np.empty(0, np.int64), none, none)
-seen = []
 if rank != 2:
-    t_end = time.monotonic() + 0.3
-    ahead = False
-    while time.monotonic() < t_end:
+    t_end = time.monotonic() + 30
+    ahead = 0
+    while ahead < 20 and time.monotonic() < t_end:
         seen += [x.iteration for x in e.poll()]
-        ahead = ahead or (not h0.done and h1.test())
+        assert seen == [], seen
+        ahead += not h0.done and h1.test()
         time.sleep(1e-3)
-    assert seen == [], seen
     assert ahead, "the empty exchange did not complete first: the test lost its point"
+    comm.Barrier()
 seen += [x.iteration for x in e.drain()]
 assert seen == [0, 1], seen
 assert np.array_equal(h0.recv, expected(2, eq)) and h1.recv.shape == (0,)
