@@ -440,3 +440,80 @@ def test_nan_in_a_log_is_rejected(tmp_path):
         LogFormatError, match=rf"{re.escape(str(path))}:2: malformed JSON: non-finite"
     ):
         read_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "edit", "match"),
+    [
+        (
+            3,
+            {"wait_s": -0.5},
+            r"iteration: field 'wait_s': expected `float` >= 0\.0 \(value -0\.5\)",
+        ),
+        (3, {"lag": True}, r"iteration: field 'lag': expected `int`, got `bool`"),
+        (3, {"checksum": "XY"}, r"iteration: field 'checksum': .*\(value 'XY'\)"),
+        (3, {"record": "timing"}, r"timing: unknown record type 'timing'"),
+        (3, {"record": "header"}, r"header: second header record"),
+        (
+            3,
+            {"record": "incomplete", "reason": "boom"},
+            r"incomplete: log marked incomplete \(boom\)",
+        ),
+        (1, {"cores": [0, "1"]}, r"header: field 'cores\[1\]': expected `int`, got `str`"),
+        (1, {"config": []}, r"header: field 'config': expected `object`"),
+        (1, {"schema": 2}, r"header: schema 2 is not supported"),
+        (1, {"schema": None}, r"header: schema None is not supported"),
+        (6, {"elapsed_s": "long"}, r"footer: field 'elapsed_s': expected `float`, got `str`"),
+        (6, {"status": "failed"}, r"footer: status must be 'ok'"),
+    ],
+)
+def test_validation_errors_name_file_line_record_and_field(tmp_path, line, edit, match):
+    write_run(tmp_path)
+    path = rank_path(tmp_path, 1)
+
+    def change(lines):
+        record = json.loads(lines[line - 1])
+        record.update(edit)
+        return [*lines[: line - 1], json.dumps(record), *lines[line:]]
+
+    edit_lines(path, change)
+    with pytest.raises(LogFormatError, match=rf"^{re.escape(str(path))}:{line}: {match}"):
+        read_run(tmp_path)
+
+
+def test_a_well_formed_log_is_decoded_without_the_slow_path(tmp_path, monkeypatch):
+    """Valid lines go straight from msgspec into the record types (the fast path)."""
+    from bls_dlrm import records
+
+    def refuse(*args):
+        raise AssertionError("slow path used for a valid line")
+
+    write_run(tmp_path, n=6, warmup=2)
+    monkeypatch.setattr(records, "_slow_record", refuse)
+    run = read_run(tmp_path)
+    assert [type(it) for it in run.ranks[0].iterations] == [Iteration] * 6
+    assert run.ranks[0].iterations[3] == make_iteration(3, 0)
+    assert run.ranks[1].footer == Footer.summarise(run.ranks[1].iterations)
+    assert run.ranks[1].footer.iterations == 6 and run.ranks[1].footer.measured_iterations == 4
+
+
+def test_writer_output_is_byte_identical_to_the_stored_logs(tmp_path):
+    """Rewriting a stored log's records through the writer gives back its lines exactly
+    (the header only gains the optional fields as nulls)."""
+    stored = Path(__file__).parent / "data" / "runs" / "bls-4r-rotating-L2"
+    log = read_rank(stored / "rank2.jsonl")
+    with RunLogWriter(tmp_path, log.header) as out:
+        for it in log.iterations:
+            out.write(it)
+        out.close(log.footer)
+    old = (stored / "rank2.jsonl").read_bytes().splitlines()
+    new = rank_path(tmp_path, 2).read_bytes().splitlines()
+    assert new[1:] == old[1:]
+    head_old, head_new = json.loads(old[0]), json.loads(new[0])
+    added = {k: head_new.pop(k) for k in list(head_new) if k not in head_old}
+    assert head_new == head_old and list(head_new) == list(head_old)
+    assert set(added) == {"series_order", "series_index", "shuffle_seed", "cores"} | {
+        "cores_per_rank",
+        "binding",
+    }
+    assert set(added.values()) == {None}

@@ -101,7 +101,7 @@ def small_run(run_dir: Path, run_id: str, config: dict, ranks: int = 2, n: int =
 def test_iterations_table_has_every_field_and_the_run_parameters(mpi_run):
     df = tables.iterations_table(mpi_run)
     assert len(df) == 2 * 4  # ranks x measured iterations
-    for name in Iteration.__dataclass_fields__:
+    for name in Iteration.__struct_fields__:
         assert name in df.columns
     assert not df["warmup"].any()
     assert sorted(set(df["iteration"])) == [2, 3, 4, 5]
