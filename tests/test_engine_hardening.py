@@ -299,7 +299,7 @@ STOPPED = (
     + """
 import torch.distributed as dist
 
-from bls_dlrm.comm import BLSAlltoallv, BLSTimeoutError
+from bls_dlrm.comm import BLSAlltoallv, BLSClosedError, BLSTimeoutError
 
 BIG = 1 << 19
 pair = comm.Split(0 if rank != 1 else MPI.UNDEFINED)
@@ -329,8 +329,12 @@ assert (exc.iteration, exc.peers, exc.waiting_for, exc.timeout) == (1, [1], "sen
 assert "to receive" in str(exc) and "no data" not in str(exc), str(exc)
 
 # Exchange 2: no data from rank 1; the engine's own timeout (2 s) ends the wait.
-t0 = time.monotonic()
 h2 = e.post(send_of(2, eq))
+t0 = time.monotonic()
+exc = raises(BLSTimeoutError, e.complete_until, 2, timeout=0.3)  # this call's own timeout
+took = time.monotonic() - t0
+assert 0.25 < took < 2 and exc.timeout == 0.3 and exc.lag == 1, (took, vars(exc))
+t0 = time.monotonic()
 exc = raises(BLSTimeoutError, h2.wait)
 took = time.monotonic() - t0
 assert took < 10, took
@@ -350,6 +354,12 @@ print(f"STOPPED-OK {rank} {took:.1f}", flush=True)
 e.abort()
 a.abort()
 assert e.closed and a.closed
+# What MPI may still touch stays referenced after the abort, and the engine is closed.
+from bls_dlrm.comm.engine import _ABANDONED
+
+assert any(x is h2 for x in _ABANDONED) and h2.recv is not None and not h2.done
+raises(BLSClosedError, e.post, send_of(3, eq))
+raises(BLSClosedError, h2.wait)
 pair.Barrier()
 if rank == 0:
     comm.Abort(3)
