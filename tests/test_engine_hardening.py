@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import ABORT_ON_ERROR
 from test_engine import PIECES
 
 pytestmark = pytest.mark.mpi
@@ -381,7 +382,7 @@ def test_a_stopped_peer_times_out_in_the_engine(mpirun):
 
 def _write(mpirun, code: str) -> str:
     path = mpirun.tmp_path / "stopped.py"
-    path.write_text(code)
+    path.write_text(ABORT_ON_ERROR + code)  # a failed assertion ends the run at once
     return str(path)
 
 
