@@ -260,13 +260,13 @@ class ProcessGroupBLS(MPIProcessGroup):
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts):
         engine = self._engine_or_raise()
         send_counts, recv_counts = a2a_element_counts(
-            output, input, output_split_sizes, input_split_sizes, self.size()
+            output, input, output_split_sizes, input_split_sizes, self._size
         )
         engine.poll()
-        send = input.detach()
+        send = input.detach() if input.requires_grad else input
         if overlaps(output, input) or not send.is_contiguous():
             send = send.contiguous().clone()  # receives would overwrite what is still sent
-        recv, copy_out = output.detach(), None
+        recv, copy_out = (output.detach() if output.requires_grad else output), None
         if not recv.is_contiguous():
             recv, copy_out = torch.empty_like(recv, memory_format=torch.contiguous_format), output
         exchange = engine.post(send.reshape(-1), send_counts, recv_counts, recv.reshape(-1))

@@ -79,6 +79,7 @@ class ProcessGroupMPISync(MPIProcessGroup):
         seconds = options.timeout_s if options.timeout_s is not None else group_timeout(timeout)
         super().__init__(comm, seconds)
         self.options = options
+        self._plans: dict[tuple[int, ...], tuple] = {}  # count pattern -> byte layout
 
     def getBackendName(self) -> str:
         return MPI_BACKEND_NAME
@@ -86,18 +87,18 @@ class ProcessGroupMPISync(MPIProcessGroup):
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts):
         self._enter()
         scounts, rcounts = a2a_element_counts(
-            output, input, output_split_sizes, input_split_sizes, self.size()
+            output, input, output_split_sizes, input_split_sizes, self._size
         )
-        me = self.rank()
+        me = self._rank
         if scounts[me] != rcounts[me]:
             raise ValueError(
                 f"all_to_all_single: rank {me} sends {scounts[me]} elements to itself but "
                 f"expects {rcounts[me]}"
             )
-        send = input.detach()
+        send = input.detach() if input.requires_grad else input
         if overlaps(output, input) or not send.is_contiguous():
             send = send.contiguous().clone()
-        recv = output.detach()
+        recv = output.detach() if output.requires_grad else output
         copy = not recv.is_contiguous()
         if copy:
             recv = torch.empty_like(recv, memory_format=torch.contiguous_format)
@@ -113,11 +114,19 @@ class ProcessGroupMPISync(MPIProcessGroup):
 
     def _alltoallv(self, send, scounts, recv, rcounts, result, copy_to, async_op):
         item = send.element_size()
-        sb = [c * item for c in scounts]
-        rb = [c * item for c in rcounts]
-        sdispl, rdispl = _displacements(sb), _displacements(rb)
-        smsg = [_view(send, sdispl[-1] + sb[-1]), (sb, sdispl), MPI.BYTE]
-        rmsg = [_view(recv, rdispl[-1] + rb[-1]), (rb, rdispl), MPI.BYTE]
+        key = (item, *scounts, *rcounts)
+        plan = self._plans.get(key)
+        if plan is None:  # byte counts and displacements, once per count pattern
+            sb = [c * item for c in scounts]
+            rb = [c * item for c in rcounts]
+            sdispl, rdispl = _displacements(sb), _displacements(rb)
+            plan = (sb, sdispl, sdispl[-1] + sb[-1], rb, rdispl, rdispl[-1] + rb[-1])
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            self._plans[key] = plan
+        sb, sdispl, stotal, rb, rdispl, rtotal = plan
+        smsg = [_view(send, stotal), (sb, sdispl), MPI.BYTE]
+        rmsg = [_view(recv, rtotal), (rb, rdispl), MPI.BYTE]
         if not async_op:
             self._comm.Alltoallv(smsg, rmsg)
             if copy_to is not None:
