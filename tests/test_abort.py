@@ -9,7 +9,6 @@ config) keep exit status 2.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -147,18 +146,21 @@ def test_mpiexec_command_binding():
 @pytest.mark.mpi
 @pytest.mark.skipif(usable_cores() < 2, reason="needs two usable cores")
 def test_bound_ranks_each_see_one_distinct_core(tmp_path):
+    # One file per rank: two ranks printing to one pipe may interleave their lines.
     code = textwrap.dedent(
         """\
         import json, os
-        print(os.environ["PMI_RANK"], json.dumps(sorted(os.sched_getaffinity(0))), flush=True)
+        rank = os.environ["PMI_RANK"]
+        with open(f"cores{rank}.json", "w") as f:
+            json.dump(sorted(os.sched_getaffinity(0)), f)
         """
     )
     result, _ = _run(2, ["python", "-c", code], tmp_path, bind="core")
     assert result.returncode == 0, result.stderr
-    cores = {}
-    for line in result.stdout.splitlines():
-        rank, _, rest = line.partition(" ")
-        cores[int(rank)] = json.loads(rest)
+    cores = {
+        int(path.stem.removeprefix("cores")): json.loads(path.read_text())
+        for path in tmp_path.glob("cores*.json")
+    }
     assert sorted(cores) == [0, 1], result.stdout
     assert all(len(c) == 1 for c in cores.values()), cores
     assert cores[0] != cores[1], cores
