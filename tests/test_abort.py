@@ -9,6 +9,7 @@ config) keep exit status 2.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
