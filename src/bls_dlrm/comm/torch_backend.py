@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 from mpi4py import MPI
 from torch.futures import Future
 
@@ -70,6 +69,7 @@ from .torch_common import (
     group_comm,
     group_timeout,
     overlaps,
+    register_backend,
     timeout_seconds,
 )
 
@@ -333,20 +333,9 @@ def _create(dist_opts, backend_options) -> ProcessGroupBLS:
         raise
 
 
-_registered = False
-
-
 def register() -> None:
     """Register the backend "bls" (idempotent; done by ``import bls_dlrm.comm``)."""
-    global _registered
-    if _registered:
-        return
-    from . import rendezvous
-
-    rendezvous.install()
-    if BACKEND_NAME not in dist.Backend.backend_list:
-        dist.Backend.register_backend(BACKEND_NAME, _create, extended_api=True, devices=["cpu"])
-    _registered = True
+    register_backend(BACKEND_NAME, _create)
 
 
 __all__ = [

@@ -627,3 +627,16 @@ def group_comm(dist_opts, backend: str) -> MPI.Comm:
             f"{comm.Get_size()} for the {backend!r} group"
         )
     return comm
+
+
+def register_backend(name: str, create) -> None:
+    """Register a Python backend for CPU tensors (idempotent).
+
+    The MPI rendezvous goes in first, so that ``init_process_group(name)`` under mpiexec
+    needs no MASTER_ADDR; a name torch already knows is left alone.
+    """
+    from . import rendezvous
+
+    rendezvous.install()
+    if name not in dist.Backend.backend_list:
+        dist.Backend.register_backend(name, create, extended_api=True, devices=["cpu"])

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 from mpi4py import MPI
 
 from .torch_common import (
@@ -43,6 +42,7 @@ from .torch_common import (
     group_comm,
     group_timeout,
     overlaps,
+    register_backend,
 )
 
 MPI_BACKEND_NAME = "mpisync"
@@ -178,20 +178,9 @@ def _create(dist_opts, backend_options) -> ProcessGroupMPISync:
     return ProcessGroupMPISync(comm, options, dist_opts.timeout)
 
 
-_registered = False
-
-
 def register() -> None:
     """Register the backend "mpisync" (idempotent; done by ``import bls_dlrm.comm``)."""
-    global _registered
-    if _registered:
-        return
-    from . import rendezvous
-
-    rendezvous.install()
-    if MPI_BACKEND_NAME not in dist.Backend.backend_list:
-        dist.Backend.register_backend(MPI_BACKEND_NAME, _create, extended_api=True, devices=["cpu"])
-    _registered = True
+    register_backend(MPI_BACKEND_NAME, _create)
 
 
 __all__ = ["MPI_BACKEND_NAME", "MPISyncOptions", "ProcessGroupMPISync", "register"]
