@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -277,15 +278,18 @@ def abort_job(command: str, exc: BaseException) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     if size <= 1:
         return
-    traceback.print_exception(exc, file=sys.stderr)
     what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else str(exc)
-    print(
+    # One write, the summary first: the launcher forwards output asynchronously and
+    # MPI_Abort tears its proxies down, so a late line could be lost; the pause gives
+    # the forwarding time on an error path that is about to end the job anyway.
+    sys.stderr.write(
         f"bls-dlrm {command}: rank {rank} of {size} failed: {what}\n"
-        f"bls-dlrm {command}: aborting all {size} ranks (MPI_Abort)",
-        file=sys.stderr,
+        + "".join(traceback.format_exception(exc))
+        + f"bls-dlrm {command}: aborting all {size} ranks (MPI_Abort)\n"
     )
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(0.5)
     comm.Abort(1)
 
 
