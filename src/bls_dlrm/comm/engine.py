@@ -58,8 +58,8 @@ Engine-owned slot buffers (copy in, persistent exchange, copy out) lost to the p
 at 1, 16 and 64 KiB per peer (1.07x, 1.4x, 1.55x its time): the copies cost more than
 persistent requests save, so the engine uses the caller's buffers. On 4
 ranks over 2 busy cores the same loop measured milliseconds of scheduling noise per
-exchange, no usable ratio; final numbers come from ``bls-dlrm bench-a2a`` on a quiet
-machine.
+exchange, no usable ratio; the quiet-machine numbers of ``bls-dlrm bench-a2a --api
+engine,torch`` (2 bound ranks and 4 ranks, both APIs) are in the README, "Benchmarks".
 
 Waiting never busy-spins: ranks are often oversubscribed (4 ranks on 2 cores), and a
 spinning rank steals the core from the very peer it waits for. A blocked rank tests its
