@@ -500,9 +500,10 @@ EST_CORE_HOURS = float(
     (_LAUNCHES["estimated_launch_s"] * _LAUNCHES["ranks"]).sum() / 3600
 )
 SWEEP_SUMMARY = (
-    f"{len(DESIGN)} runs in {len(_LAUNCHES)} launches = {len(SCENARIOS)} scenarios x "
-    f"rank counts x {len(MODELS)} models x {len(config['seeds'])} seeds x "
-    f"{config['repetitions']} repetitions, each launch running {len(SERIES)} series "
+    f"{len(DESIGN)} runs in {len(_LAUNCHES)} launches ({len(SCENARIOS)} scenarios, "
+    f"ranks {'/'.join(map(str, RANK_COUNTS))}, {len(MODELS)} models, "
+    f"{len(config['seeds'])} seeds, {config['repetitions']} repetitions), "
+    f"each launch running {len(SERIES)} series "
     f"({', '.join(SERIES_LABELS)}) in a shuffled order, on {len(DATASETS)} datasets; "
     f"estimated {EST_SECONDS / 3600:.2f} h one launch at a time, {EST_CORE_HOURS:.2f} "
     "core-hours (ranks x seconds per launch)"
