@@ -66,6 +66,7 @@ from .torch_common import (
     MPIProcessGroup,
     a2a_element_counts,
     as_dist_error,
+    check_alltoall_lists,
     group_comm,
     group_timeout,
     overlaps,
@@ -284,12 +285,7 @@ class ProcessGroupBLS(MPIProcessGroup):
     def alltoall(self, output_tensors, input_tensors, opts):
         engine = self._engine_or_raise()
         p = self.size()
-        if len(output_tensors) != p or len(input_tensors) != p:
-            raise ValueError(f"all_to_all needs {p} input and {p} output tensors")
-        dtype = input_tensors[0].dtype
-        for t in (*input_tensors, *output_tensors):
-            if t.dtype != dtype:
-                raise TypeError(f"all_to_all: mixed dtypes {dtype} and {t.dtype}")
+        check_alltoall_lists(output_tensors, input_tensors, p)
         engine.poll()
         send = torch.cat([t.detach().reshape(-1) for t in input_tensors])
         send_counts = [t.numel() for t in input_tensors]

@@ -640,3 +640,13 @@ def register_backend(name: str, create) -> None:
     rendezvous.install()
     if name not in dist.Backend.backend_list:
         dist.Backend.register_backend(name, create, extended_api=True, devices=["cpu"])
+
+
+def check_alltoall_lists(output_tensors, input_tensors, p: int) -> None:
+    """``all_to_all``'s argument rules, as gloo applies them: P tensors each, one dtype."""
+    if len(output_tensors) != p or len(input_tensors) != p:
+        raise ValueError(f"all_to_all needs {p} input and {p} output tensors")
+    dtype = input_tensors[0].dtype
+    for t in (*input_tensors, *output_tensors):
+        if t.dtype != dtype:
+            raise TypeError(f"all_to_all: mixed dtypes {dtype} and {t.dtype}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import accumulate
 
 import torch
 from mpi4py import MPI
@@ -39,6 +40,7 @@ from .torch_common import (
     MPIProcessGroup,
     RequestWork,
     a2a_element_counts,
+    check_alltoall_lists,
     group_comm,
     group_timeout,
     overlaps,
@@ -65,11 +67,7 @@ def _view(t: torch.Tensor, nbytes: int):
 
 
 def _displacements(counts: list[int]) -> list[int]:
-    displ, total = [], 0
-    for c in counts:
-        displ.append(total)
-        total += c
-    return displ
+    return [0, *accumulate(counts[:-1])]
 
 
 class ProcessGroupMPISync(MPIProcessGroup):
@@ -152,16 +150,11 @@ class ProcessGroupMPISync(MPIProcessGroup):
     def alltoall(self, output_tensors, input_tensors, opts):
         self._enter()
         p = self.size()
-        if len(output_tensors) != p or len(input_tensors) != p:
-            raise ValueError(f"all_to_all needs {p} input and {p} output tensors")
-        dtype = input_tensors[0].dtype
-        for t in (*input_tensors, *output_tensors):
-            if t.dtype != dtype:
-                raise TypeError(f"all_to_all: mixed dtypes {dtype} and {t.dtype}")
+        check_alltoall_lists(output_tensors, input_tensors, p)
         send = torch.cat([t.detach().reshape(-1) for t in input_tensors])
         scounts = [t.numel() for t in input_tensors]
         rcounts = [t.numel() for t in output_tensors]
-        recv = torch.empty(sum(rcounts), dtype=dtype)
+        recv = torch.empty(sum(rcounts), dtype=send.dtype)
         self._alltoallv(send, scounts, recv, rcounts, list(output_tensors), None, False)
         for out, piece in zip(output_tensors, recv.split(rcounts), strict=True):
             out.detach().copy_(piece.view(out.shape))
