@@ -373,6 +373,7 @@ def run(
     from mpi4py import MPI
 
     from . import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
+    from . import records
     from .data import BatchStore
     from .delays import DelaySpec
     from .model import DenseModel, EmbeddingShard, plan_shards
@@ -398,6 +399,9 @@ def run(
         delay_mode=delay_spec.mode,
         place=placement(cfg.binding),
         embedding_dim=mcfg.embedding_dim,
+        # Asked once per launch, not once per series: git runs two subprocesses.
+        versions=records.runtime_versions(),
+        git_rev=records.git_revision(),
     )
     multi = cfg.series is not None
     series = cfg.series_list()
@@ -448,6 +452,8 @@ class _Context:
     delay_mode: str
     place: dict[str, Any]
     embedding_dim: int
+    versions: dict[str, Any]
+    git_rev: str | None
 
 
 def _run_series(
@@ -507,6 +513,8 @@ def _run_series(
         lag_bound=series.lag_bound,
         config=config_dict,
         host=ctx.place["host"],
+        versions=ctx.versions,
+        git_rev=ctx.git_rev,
         series_order=[s.label for s in order],
         series_index=index,
         shuffle_seed=cfg.shuffle_seed,
