@@ -50,7 +50,6 @@ every buffer an in-flight request may still touch referenced until the process e
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -105,25 +104,6 @@ def default_lag_bound() -> int:
     return value
 
 
-# The engine's per-call timeout (``Exchange.wait(timeout=)``); an engine without it gets
-# its ``timeout`` attribute set for the duration of the call.
-_ENGINE_TIMEOUT_KW = "timeout" in inspect.signature(Exchange.wait).parameters
-
-
-def _engine_wait(engine: BLSAlltoallv, exchange: Exchange, seconds: float | None) -> None:
-    if seconds is None:
-        exchange.wait()
-    elif _ENGINE_TIMEOUT_KW:
-        exchange.wait(timeout=seconds)
-    else:
-        saved = engine.timeout
-        engine.timeout = seconds
-        try:
-            exchange.wait()
-        finally:
-            engine.timeout = saved
-
-
 # -- Work --------------------------------------------------------------------------------
 
 
@@ -146,7 +126,7 @@ class BLSWork(DoneWork):
             try:
                 engine.poll()
                 if not (ex.done and ex.sent):
-                    _engine_wait(engine, ex, timeout_seconds(timeout))
+                    ex.wait(timeout=timeout_seconds(timeout))
             except BLSTimeoutError as exc:
                 raise self._fail(as_dist_error(exc)) from None
             except BLSError as exc:
@@ -292,7 +272,7 @@ class ProcessGroupBLS(MPIProcessGroup):
         recv_counts = [t.numel() for t in output_tensors]
         exchange = engine.post(send, send_counts, recv_counts)
         try:
-            _engine_wait(engine, exchange, None)
+            exchange.wait()
         except BLSTimeoutError as exc:
             raise as_dist_error(exc) from None
         for out, piece in zip(output_tensors, exchange.recv.split(recv_counts), strict=True):
