@@ -1109,11 +1109,3 @@ def _count(c: Any, what: str) -> int:
     if n != c or n < 0:
         raise ValueError(f"{what} must be non-negative integers, got {c!r}")
     return n
-
-
-def _displacements(counts: Sequence[int]) -> list[int]:
-    displ, total = [], 0
-    for c in counts:
-        displ.append(total)
-        total += c
-    return displ
