@@ -101,7 +101,10 @@ def expected_launches(cfg: dict) -> list[dict]:
         {"scenario": s["name"], "ranks": p, "model": m["name"], "seed": seed, "rep": rep}
         for s in cfg["scenarios"]
         for p, m, seed, rep in itertools.product(
-            s.get("ranks") or cfg["ranks"], cfg["models"], cfg["seeds"], range(cfg["repetitions"])
+            s.get("ranks") or cfg["ranks"],
+            cfg["models"],
+            cfg["seeds"],
+            range(s.get("repetitions") or cfg["repetitions"]),
         )
     ]
 
@@ -186,10 +189,14 @@ def test_default_config_is_the_2_core_sweep():
     assert result.returncode == 0, text
     stats = job_stats(text)
     # Already finished launches are not listed again; a fresh checkout lists them all.
-    assert stats.get("run_2ranks", 0) <= 35 and stats.get("run_4ranks", 0) <= 5
-    assert len(launches) == 40 and len(expected_design(cfg)) == 280  # 8 x 5 reps, 7 series
+    assert stats.get("run_2ranks", 0) <= 55 and stats.get("run_4ranks", 0) <= 5
+    # 6 workloads x 5 reps + balanced and unbalanced x 15 reps, 7 series each
+    assert len(launches) == 60 and len(expected_design(cfg)) == 420
     assert cfg["ranks"] == [2] and cfg["run"]["binding"] == "core"
     assert cfg["repetitions"] >= 5 and cfg["run"]["iterations"] >= 300
+    reps = {s["name"]: s.get("repetitions") or cfg["repetitions"] for s in cfg["scenarios"]}
+    # The narrow windows (claim (a), the unbalanced check) get the larger sample.
+    assert reps["balanced"] == reps["unbalanced"] == 15 and min(reps.values()) >= 5
     # Every workload the protocol judges is in the sweep, and only the stress scenario is
     # oversubscribed.
     protocol = yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())

@@ -127,6 +127,11 @@ def scenario_binding(scenario, cfg):
     return scenario.get("binding") or cfg["run"]["binding"]
 
 
+def scenario_repetitions(scenario, cfg):
+    """How many repetitions a scenario runs: its own `repetitions`, else the config's."""
+    return scenario.get("repetitions") or cfg["repetitions"]
+
+
 def _check_config(cfg, model_configs):
     from bls_dlrm.delays import DelaySpec
 
@@ -214,7 +219,7 @@ def _design_frame(cfg):
         for ranks in scenario_ranks(scenario, cfg)
         for model in cfg["models"]
         for seed in cfg["seeds"]
-        for rep in range(cfg["repetitions"])
+        for rep in range(scenario_repetitions(scenario, cfg))
     ]
     return pd.DataFrame(rows, columns=list(AXES))
 
@@ -499,10 +504,13 @@ EST_SECONDS = float(_LAUNCHES["estimated_launch_s"].sum())
 EST_CORE_HOURS = float(
     (_LAUNCHES["estimated_launch_s"] * _LAUNCHES["ranks"]).sum() / 3600
 )
+_REPETITIONS = "/".join(
+    map(str, sorted({scenario_repetitions(sc, config) for sc in SCENARIOS.values()}))
+)
 SWEEP_SUMMARY = (
     f"{len(DESIGN)} runs in {len(_LAUNCHES)} launches ({len(SCENARIOS)} scenarios, "
     f"ranks {'/'.join(map(str, RANK_COUNTS))}, {len(MODELS)} models, "
-    f"{len(config['seeds'])} seeds, {config['repetitions']} repetitions), "
+    f"{len(config['seeds'])} seeds, {_REPETITIONS} repetitions), "
     f"each launch running {len(SERIES)} series "
     f"({', '.join(SERIES_LABELS)}) in a shuffled order, on {len(DATASETS)} datasets; "
     f"estimated {EST_SECONDS / 3600:.2f} h one launch at a time, {EST_CORE_HOURS:.2f} "
