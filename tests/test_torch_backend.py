@@ -194,8 +194,9 @@ works = []
 if rank != slow:
     works = [dist.all_to_all_single(outs[k], x[k], async_op=True) for k in range(4)]
     assert eng.in_flight == 4 and not any(w.is_completed() for w in works)
-MPI.COMM_WORLD.Barrier()  # only now does the slow rank post anything
-if rank == slow:
+MPI.COMM_WORLD.Barrier()  # only now does the slow rank post anything, and late: the
+if rank == slow:  # others block on their oldest exchange meanwhile (their lag is >= 1)
+    time.sleep(0.3)
     works = [dist.all_to_all_single(outs[k], x[k], async_op=True) for k in range(4)]
 # completes the oldest (and, driving progress, whatever else has arrived)
 works.append(dist.all_to_all_single(outs[4], x[4], async_op=True))

@@ -5,6 +5,7 @@ Subcommands, in the order the workflow uses them:
 - ``make-data``   write a synthetic dataset (uniform or Zipf indices, pooling skew)
 - ``criteo``      fetch (URL or local file, checksum) and preprocess Criteo Kaggle/Terabyte
 - ``infer``       one distributed inference run (start it under ``mpiexec -n P``)
+- ``serve``       open-loop serving: query latency under offered load (``mpiexec -n P``)
 - ``tables``      run logs -> tidy Parquet tables
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
@@ -188,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="one distributed inference run (under mpiexec)")
     infer.build_parser(p)
     p.set_defaults(func=lambda a: infer.main(args=a))
+
+    from . import serve
+
+    p = sub.add_parser(
+        "serve", help="query latency under offered load, capacity at a latency SLO (mpiexec)"
+    )
+    serve.build_parser(p)
+    p.set_defaults(func=lambda a: serve.main(args=a))
 
     p = sub.add_parser("tables", help="run logs -> Parquet tables", add_help=False)
     p.set_defaults(func=None)

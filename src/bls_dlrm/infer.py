@@ -275,9 +275,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 # -- the loop ----------------------------------------------------------------------------
 
 
-def batch_slices(batch_size: int, ranks: int) -> list[tuple[int, int]]:
-    """Contiguous sample ranges, one per rank, sizes differing by at most one."""
-    if batch_size < ranks:
+def batch_slices(batch_size: int, ranks: int, allow_empty: bool = False) -> list[tuple[int, int]]:
+    """Contiguous sample ranges, one per rank, sizes differing by at most one.
+
+    A batch smaller than the rank count is refused unless ``allow_empty`` (the serving loop,
+    whose batches follow the arrivals): the last ranks then get empty slices.
+    """
+    if batch_size < ranks and not allow_empty:
         raise ConfigError(f"batch size {batch_size} is smaller than the {ranks} ranks")
     base, extra = divmod(batch_size, ranks)
     bounds, start = [], 0
@@ -324,6 +328,7 @@ def table_costs(store) -> list[float]:
 @dataclass
 class _Pending:
     iteration: int
+    layout: _Layout  # the batch's slices and exchange counts
     work: Any  # the torch.distributed Work of the exchange
     recv: Any  # its output tensor
     send: Any  # its input tensor (kept alive until the Work is finished)
@@ -334,6 +339,27 @@ class _Pending:
     t_bottom: float
     delay_s: float
     compute_s: float
+    t_close: float | None  # open loop: when the batch closed (its queries were all in)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Who holds what of a global batch of ``batch_size`` samples: this rank's slice and the
+    exchange's element counts (rows of ``d`` floats), per peer."""
+
+    batch_size: int
+    lo: int
+    hi: int
+    send_counts: list[int]
+    recv_counts: list[int]
+
+    @property
+    def n_mine(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def recv_rows(self) -> int:
+        return sum(self.recv_counts)
 
 
 def _new_group(series: Series, cfg: RunConfig):
@@ -366,13 +392,41 @@ def run(
     one's path). With a ``series`` list, logs go to ``out_dir/<label>/`` and predictions
     (if asked for) to ``predictions_out/<label>/``; without it, to the folders themselves.
     """
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
     from mpi4py import MPI
 
-    from . import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
+    comm = MPI.COMM_WORLD
+    ctx = make_context(cfg, cfg.warmup + cfg.iterations)
+    multi = cfg.series is not None
+    order = cfg.series_order()
+    groups, close_groups = open_groups(cfg, cfg.series_list())
+    footers: dict[str, str] = {}
+    # No cleanup on an error: a clean shutdown drains the groups, that is, waits once more
+    # (up to timeout_s) for the very peers that failed. The error ends the whole job
+    # instead (`bls-dlrm` aborts MPI_COMM_WORLD on any exception of a multi-rank run).
+    for index, s in enumerate(order):
+        out = Path(out_dir) / s.label if multi else Path(out_dir)
+        preds = None
+        if predictions_out is not None:
+            preds = Path(predictions_out) / s.label if multi else Path(predictions_out)
+        comm.Barrier()
+        footers[s.label] = str(
+            _run_series(ctx, s, groups[s.label], out, preds, order, index, progress)
+        )
+    comm.Barrier()
+    close_groups()
+    return {
+        "footers": footers,
+        "order": [s.label for s in order],
+        "footer": footers[order[-1].label],
+    }
+
+
+def make_context(cfg: RunConfig, total: int) -> _Context:
+    """What every series of a launch shares, built once on this rank (under mpiexec):
+    data, shards, model, the delay schedule of ``total`` iterations, placement, versions."""
+    import torch
+    from mpi4py import MPI
+
     from . import records
     from .data import BatchStore
     from .delays import DelaySpec
@@ -385,9 +439,8 @@ def run(
     store = BatchStore(cfg.dataset, expect_config=mcfg, verify=cfg.verify_data and rank == 0)
     costs = table_costs(store) if cfg.plan == "hot" else None
     plan = plan_shards(list(mcfg.rows), size, cfg.plan, costs=costs)
-    total = cfg.warmup + cfg.iterations
     delay_spec = DelaySpec.from_dict(cfg.delay)
-    ctx = _Context(
+    return _Context(
         cfg=cfg,
         rank=rank,
         size=size,
@@ -403,38 +456,33 @@ def run(
         versions=records.runtime_versions(),
         git_rev=records.git_revision(),
     )
-    multi = cfg.series is not None
-    series = cfg.series_list()
-    order = cfg.series_order()
+
+
+def open_groups(cfg: RunConfig, series: list[Series]):
+    """One process group per series (labels deduplicated, created in list order on every
+    rank), the default group first if none exists: ``(groups by label, close)``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from . import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
 
     own_default = not dist.is_initialized()
     if own_default:
         dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.timeout_s))
-    groups = {s.label: _new_group(s, cfg) for s in series}  # config order, every rank
-    footers: dict[str, str] = {}
-    # No cleanup on an error: a clean shutdown drains the groups, that is, waits once more
-    # (up to timeout_s) for the very peers that failed. The error ends the whole job
-    # instead (`bls-dlrm` aborts MPI_COMM_WORLD on any exception of a multi-rank run).
-    for index, s in enumerate(order):
-        out = Path(out_dir) / s.label if multi else Path(out_dir)
-        preds = None
-        if predictions_out is not None:
-            preds = Path(predictions_out) / s.label if multi else Path(predictions_out)
-        comm.Barrier()
-        footers[s.label] = str(
-            _run_series(ctx, s, groups[s.label], out, preds, order, index, progress)
-        )
-    comm.Barrier()
-    if own_default:
-        dist.destroy_process_group()
-    else:
-        for group in groups.values():
-            dist.destroy_process_group(group)
-    return {
-        "footers": footers,
-        "order": [s.label for s in order],
-        "footer": footers[order[-1].label],
-    }
+    groups = {}
+    for s in series:
+        if s.label not in groups:
+            groups[s.label] = _new_group(s, cfg)
+
+    def close() -> None:
+        if own_default:
+            dist.destroy_process_group()
+        else:
+            for group in groups.values():
+                dist.destroy_process_group(group)
+
+    return groups, close
 
 
 @dataclass
@@ -454,61 +502,177 @@ class _Context:
     embedding_dim: int
     versions: dict[str, Any]
     git_rev: str | None
+    allow_empty: bool = False  # batches smaller than the rank count (serving)
 
 
-def _run_series(
-    ctx: _Context,
-    series: Series,
-    group,
-    out_dir: Path,
-    predictions_out: Path | None,
-    order: list[Series],
-    index: int,
-    progress: bool | None,
-) -> Path:
-    import torch
-    import torch.distributed as dist
+class _Pipeline:
+    """One series on one rank: post iterations, finish them in order under the lag bound.
 
-    from . import records
-    from .delays import inject
+    :meth:`post` runs an iteration's first half (delay, lookups, the exchange posted async,
+    bottom MLP); :meth:`bound` then waits the oldest exchanges while more than ``L`` are in
+    flight and finishes, without waiting, every later one that has already arrived
+    (interaction, top MLP, log record). The closed loop (:func:`_run_series`) and the open
+    serving loop (:mod:`bls_dlrm.serve`) are this same pipeline fed differently.
+    """
 
-    cfg, rank, size, store, plan = ctx.cfg, ctx.rank, ctx.size, ctx.store, ctx.plan
-    shard, dense_model, delays = ctx.shard, ctx.dense_model, ctx.delays
-    d = ctx.embedding_dim
-    mine = plan[rank]
-    slices = batch_slices(store.batch_size, size)
-    lo, hi = slices[rank]
-    n_mine = hi - lo
-    send_counts = [(b - a) * len(mine) for a, b in slices]
-    recv_counts = [n_mine * len(tables) for tables in plan]
-    recv_rows = sum(recv_counts)
-    table_counts = [len(tables) for tables in plan]
-    lag_bound = series.lag_bound
-    total = cfg.warmup + cfg.iterations
+    def __init__(self, ctx: _Context, series: Series, group, writer, preds_kept, bar) -> None:
+        self.ctx, self.series, self.group, self.writer = ctx, series, group, writer
+        self.preds_kept, self.bar = preds_kept, bar
+        self.pending: deque[_Pending] = deque()
+        self._layouts: dict[int, _Layout] = {}
 
-    def received_parts(recv):
+    def layout(self, batch_size: int) -> _Layout:
+        """The slices and counts of a global batch of ``batch_size`` samples (cached)."""
+        layout = self._layouts.get(batch_size)
+        if layout is None:
+            ctx = self.ctx
+            slices = batch_slices(batch_size, ctx.size, allow_empty=ctx.allow_empty)
+            lo, hi = slices[ctx.rank]
+            mine = ctx.plan[ctx.rank]
+            layout = _Layout(
+                batch_size=batch_size,
+                lo=lo,
+                hi=hi,
+                send_counts=[(b - a) * len(mine) for a, b in slices],
+                recv_counts=[(hi - lo) * len(tables) for tables in ctx.plan],
+            )
+            self._layouts[batch_size] = layout
+        return layout
+
+    def post(self, i: int, batch, *, t_close: float | None = None) -> None:
+        """Iteration ``i`` on ``batch`` (the global batch): delay, lookups, exchange posted
+        asynchronously, bottom MLP; it joins the pending iterations."""
+        import torch
+        import torch.distributed as dist
+
+        from .delays import inject
+
+        ctx = self.ctx
+        d = ctx.embedding_dim
+        t_start = time.monotonic()
+        planned = ctx.delays[ctx.rank, i]
+        delay_s = inject(planned, ctx.delay_mode) if planned > 0 else 0.0
+        t_work = time.monotonic()
+        layout = self.layout(batch.sparse.batch_size)
+        send = ctx.shard.lookup(batch.sparse).view(-1, d)  # (B * len(mine), d)
+        t_lookup = time.monotonic()
+        recv = torch.empty((layout.recv_rows, d), dtype=send.dtype)
+        work = dist.all_to_all_single(
+            recv, send, layout.recv_counts, layout.send_counts, group=self.group, async_op=True
+        )
+        t_posted = time.monotonic()
+        bottom = ctx.dense_model.bottom(batch.dense[layout.lo : layout.hi])
+        t_bottom = time.monotonic()
+        compute = (t_lookup - t_work) + (t_bottom - t_posted)
+        self.pending.append(
+            _Pending(
+                i, layout, work, recv, send, bottom, t_start, t_lookup, t_posted, t_bottom,
+                delay_s, compute, t_close,
+            )
+        )  # fmt: skip
+
+    def bound(self) -> None:
+        """Enforce the lag bound: wait the oldest while more than L are in flight, then
+        finish every exchange that has already arrived."""
+        while len(self.pending) > self.series.lag_bound:
+            self.finish(self.pending.popleft(), True)
+        self.finish_arrived()
+
+    def finish_arrived(self) -> None:
+        """Finish, in order and without waiting, the exchanges that have already arrived."""
+        while self.pending and self.pending[0].work.is_completed():
+            self.finish(self.pending.popleft(), False)
+
+    def drain(self) -> None:
+        while self.pending:
+            self.finish(self.pending.popleft(), True)
+
+    def finish(self, p: _Pending, block: bool) -> None:
+        """Complete ``p`` (waiting if ``block``), then its top MLP and log record."""
+        from . import records
+
+        ctx = self.ctx
+        t0 = time.monotonic()
+        wait_s, lag = 0.0, 0
+        if block and not p.work.is_completed():
+            # blocked: this rank is ahead of some peer by the exchanges it has in flight
+            lag = len(self.pending) + 1
+            p.work.wait()
+            wait_s = time.monotonic() - t0
+        else:
+            p.work.wait()  # already complete: returns at once, releases the buffers
+        t_completed = time.monotonic()
+        # Diagnostics only: a backend whose Work carries its own exchange statistics (bls)
+        # knows the true lag behind the slowest peer; other backends log the loop's view.
+        stats = getattr(getattr(p.work, "exchange", None), "stats", None)
+        if stats is not None and wait_s > 0:
+            lag = int(getattr(stats, "lag", lag))
+        t1 = time.monotonic()
+        preds = ctx.dense_model.top(p.bottom, self._received_parts(p))
+        t_done = time.monotonic()
+        if self.preds_kept is not None:
+            self.preds_kept.append(preds.clone())
+        self.writer.write(
+            records.Iteration(
+                iteration=p.iteration,
+                warmup=p.iteration < ctx.cfg.warmup,
+                samples=p.layout.n_mine,
+                t_start=p.t_start,
+                t_lookup=p.t_lookup,
+                t_posted=p.t_posted,
+                t_bottom=p.t_bottom,
+                t_completed=t_completed,
+                t_done=t_done,
+                wait_s=wait_s,
+                delay_s=p.delay_s,
+                compute_s=p.compute_s + (t_done - t1),
+                lag=lag,
+                checksum=checksum(preds),
+                t_close=p.t_close,
+                batch_samples=p.layout.batch_size if p.t_close is not None else None,
+            )
+        )
+        bar = self.bar
+        if bar is not None:
+            bar.update(1)
+            elapsed = bar.format_dict["elapsed"]
+            if elapsed > 0:  # the whole batch, all ranks: rank 0's view of the rate
+                bar.set_postfix_str(f"{bar.n * p.layout.batch_size / elapsed:,.0f} samples/s")
+
+    def _received_parts(self, p: _Pending):
         """The exchange's peer blocks as (table ids, (n_mine, |T_p|, d)) for ``top``."""
-        blocks = recv.split(recv_counts)
+        ctx = self.ctx
+        blocks = p.recv.split(p.layout.recv_counts)
         return [
-            (tables, block.view(n_mine, k, d))
-            for tables, block, k in zip(plan, blocks, table_counts, strict=True)
+            (tables, block.view(p.layout.n_mine, len(tables), ctx.embedding_dim))
+            for tables, block in zip(ctx.plan, blocks, strict=True)
         ]
 
-    config_dict = cfg.to_dict() | {
-        "collective": series.collective,
-        "lag_bound": series.lag_bound,
-        "ranks": size,
-        "batch_size": store.batch_size,
-        "plan_tables": plan,
-        "series_label": series.label,
-        "backend": series.backend,
-    }
-    header = records.Header.new(
+
+def series_header(ctx: _Context, series: Series, out_dir: Path, order, index, **extra):
+    """The log header of one series on this rank (``extra``: more config keys)."""
+    from . import records
+
+    cfg = ctx.cfg
+    config_dict = (
+        cfg.to_dict()
+        | {
+            "collective": series.collective,
+            "lag_bound": series.lag_bound,
+            "ranks": ctx.size,
+            "batch_size": ctx.store.batch_size,
+            "plan_tables": ctx.plan,
+            "series_label": series.label,
+            "backend": series.backend,
+        }
+        | extra
+    )
+    return records.Header.new(
         run_id=(cfg.run_id + ("-" + series.label if cfg.series is not None else ""))
         if cfg.run_id
         else out_dir.name,
-        rank=rank,
-        world_size=size,
+        rank=ctx.rank,
+        world_size=ctx.size,
         collective=series.collective,
         lag_bound=series.lag_bound,
         config=config_dict,
@@ -522,90 +686,49 @@ def _run_series(
         cores_per_rank=ctx.place["cores_per_rank"],
         binding=ctx.place["binding"],
     )
+
+
+def save_predictions(preds_kept, predictions_out: Path | None, rank: int, stack=True) -> None:
+    """``preds_rank{r}.npy``: one row per iteration (``stack``), else every sample in order."""
+    if preds_kept is None or predictions_out is None:
+        return
+    import torch
+
+    predictions_out.mkdir(parents=True, exist_ok=True)
+    joined = torch.stack(preds_kept) if stack else torch.cat(preds_kept)
+    np.save(predictions_out / f"preds_rank{rank}.npy", joined.numpy())
+
+
+def _run_series(
+    ctx: _Context,
+    series: Series,
+    group,
+    out_dir: Path,
+    predictions_out: Path | None,
+    order: list[Series],
+    index: int,
+    progress: bool | None,
+) -> Path:
+    """The closed loop: every iteration starts as soon as the lag bound lets it."""
+    import torch
+
+    from . import records
+
+    cfg, store = ctx.cfg, ctx.store
+    total = cfg.warmup + cfg.iterations
+    header = series_header(ctx, series, out_dir, order, index)
     preds_kept = [] if predictions_out is not None else None
-    bar = _progress(rank, total, progress, series.label)
-    pending: deque[_Pending] = deque()
-
-    def finish(p: _Pending, block: bool, writer) -> None:
-        """Complete ``p`` (waiting if ``block``), then its top MLP and log record."""
-        t0 = time.monotonic()
-        wait_s, lag = 0.0, 0
-        if block and not p.work.is_completed():
-            # blocked: this rank is ahead of some peer by the exchanges it has in flight
-            lag = len(pending) + 1
-            p.work.wait()
-            wait_s = time.monotonic() - t0
-        else:
-            p.work.wait()  # already complete: returns at once, releases the buffers
-        t_completed = time.monotonic()
-        # Diagnostics only: a backend whose Work carries its own exchange statistics (bls)
-        # knows the true lag behind the slowest peer; other backends log the loop's view.
-        stats = getattr(getattr(p.work, "exchange", None), "stats", None)
-        if stats is not None and wait_s > 0:
-            lag = int(getattr(stats, "lag", lag))
-        t1 = time.monotonic()
-        preds = dense_model.top(p.bottom, received_parts(p.recv))
-        t_done = time.monotonic()
-        if preds_kept is not None:
-            preds_kept.append(preds.clone())
-        writer.write(
-            records.Iteration(
-                iteration=p.iteration,
-                warmup=p.iteration < cfg.warmup,
-                samples=n_mine,
-                t_start=p.t_start,
-                t_lookup=p.t_lookup,
-                t_posted=p.t_posted,
-                t_bottom=p.t_bottom,
-                t_completed=t_completed,
-                t_done=t_done,
-                wait_s=wait_s,
-                delay_s=p.delay_s,
-                compute_s=p.compute_s + (t_done - t1),
-                lag=lag,
-                checksum=checksum(preds),
-            )
-        )
-        if bar is not None:
-            bar.update(1)
-            elapsed = bar.format_dict["elapsed"]
-            if elapsed > 0:  # the whole batch, all ranks: rank 0's view of the rate
-                bar.set_postfix_str(f"{bar.n * store.batch_size / elapsed:,.0f} samples/s")
-
+    bar = _progress(ctx.rank, total, progress, series.label)
     with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
+        pipe = _Pipeline(ctx, series, group, writer, preds_kept, bar)
         for i in range(total):
-            t_start = time.monotonic()
-            delay_s = inject(delays[rank, i], ctx.delay_mode) if delays[rank, i] > 0 else 0.0
-            t_work = time.monotonic()
-            batch = store.batch(i % store.num_batches)
-            send = shard.lookup(batch.sparse).view(-1, d)  # (B * len(mine), d)
-            t_lookup = time.monotonic()
-            recv = torch.empty((recv_rows, d), dtype=send.dtype)
-            work = dist.all_to_all_single(
-                recv, send, recv_counts, send_counts, group=group, async_op=True
-            )
-            t_posted = time.monotonic()
-            bottom = dense_model.bottom(batch.dense[lo:hi])
-            t_bottom = time.monotonic()
-            compute = (t_lookup - t_work) + (t_bottom - t_posted)
-            pending.append(
-                _Pending(
-                    i, work, recv, send, bottom, t_start, t_lookup, t_posted, t_bottom,
-                    delay_s, compute,
-                )
-            )  # fmt: skip
-            while len(pending) > lag_bound:  # the lag bound: wait the oldest
-                finish(pending.popleft(), True, writer)
-            while pending and pending[0].work.is_completed():  # arrived already: no wait
-                finish(pending.popleft(), False, writer)
-        while pending:  # drain
-            finish(pending.popleft(), True, writer)
+            pipe.post(i, store.batch(i % store.num_batches))
+            pipe.bound()
+        pipe.drain()
         footer = writer.close()
     if bar is not None:
         bar.close()
-    if preds_kept is not None:
-        predictions_out.mkdir(parents=True, exist_ok=True)
-        np.save(predictions_out / f"preds_rank{rank}.npy", torch.stack(preds_kept).numpy())
+    save_predictions(preds_kept, predictions_out, ctx.rank)
     return footer
 
 

@@ -260,9 +260,22 @@ class Iteration(msgspec.Struct, tag_field="record", tag="iteration", gc=False):
     compute_s: _Seconds
     lag: _Count
     checksum: _HexDigest
+    # Open loop only (`bls-dlrm serve`; absent from closed-loop logs, read as None): when the
+    # batch closed (monotonic, like t_start: its last query had arrived or it had waited
+    # long enough) and its global size in samples (``samples`` is this rank's slice).
+    t_close: float | None = None
+    batch_samples: _Count | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The iteration line as a dict of primitives (cheap: called inside the timed loop)."""
+        if self.t_close is not None:
+            return self._base_dict() | {
+                "t_close": self.t_close,
+                "batch_samples": self.batch_samples,
+            }
+        return self._base_dict()
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "record": "iteration",
             "iteration": self.iteration,

@@ -213,6 +213,12 @@ def iterations_table(run: RunLog, *, include_warmup: bool = False) -> pd.DataFra
     columns["lag"] = pd.Series([r[3].lag for r in rows], dtype="int64")
     columns["checksum"] = pd.Series([r[3].checksum for r in rows], dtype="str")
     columns["clock_offset_s"] = pd.Series([r[2] for r in rows], dtype="float64")
+    # Open-loop runs only (bls-dlrm serve); NaN / <NA> in closed-loop runs.
+    columns["t_close"] = pd.Series(
+        [np.nan if it.t_close is None else it.t_close + off for _, _, off, it in rows],
+        dtype="float64",
+    )
+    columns["batch_samples"] = pd.Series([r[3].batch_samples for r in rows], dtype="Int64")
     df = pd.DataFrame(columns)
     params = run_parameters(run)
     params.pop("run_id")

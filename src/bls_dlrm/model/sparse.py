@@ -136,6 +136,22 @@ class SparseBatch:
         offsets = torch.stack([torch.as_tensor(o, dtype=torch.int64) for _, o in tables])
         return cls(indices, offsets)
 
+    @classmethod
+    def concat(cls, parts: Sequence[SparseBatch]) -> SparseBatch:
+        """The samples of ``parts`` one after the other (same tables in each)."""
+        if not parts:
+            raise ValueError("concat needs at least one batch")
+        tables = {p.num_tables for p in parts}
+        if len(tables) != 1:
+            raise ValueError(f"concat: batches hold different table counts {sorted(tables)}")
+        pieces, offsets, base = [], [parts[0].offsets[:, :1]], parts[0].offsets[:, :1] * 0
+        for p in parts:
+            offsets.append(p.offsets[:, 1:] + base)
+            base = base + p.offsets[:, -1:]
+        for t in range(parts[0].num_tables):
+            pieces.extend(p.table(t)[0] for p in parts)
+        return cls(torch.cat(pieces), torch.cat(offsets, dim=1).contiguous())
+
     def equal(self, other: SparseBatch) -> bool:
         """Same bags in every table (exact)."""
         return torch.equal(self.offsets, other.offsets) and torch.equal(self.indices, other.indices)

@@ -1,0 +1,482 @@
+"""Serving: query latency under an offered load, and the capacity each series sustains.
+
+``mpiexec -bind-to core -n P bls-dlrm serve --config run.yaml --out OUT [--rate Q | --loads
+F,F,...] [--find-capacity --slo-ms X --percentile 99]``
+
+The closed loop of :mod:`bls_dlrm.infer` starts every batch as soon as the lag bound lets
+it, so its per-batch latency grows with the lag bound by construction. Here batches follow
+arrivals instead (:mod:`bls_dlrm.serving`): after a synchronised start, a rank starts
+batch ``i`` no earlier than the batch's close time, then runs the same pipeline as the
+closed loop (:class:`bls_dlrm.infer._Pipeline`: lookups, the exchange posted through
+``torch.distributed``, bottom MLP, complete as the lag bound requires, top MLP). While it
+waits for a batch to close it finishes the exchanges that arrive meanwhile, so a finished
+batch's predictions never wait for the next arrival.
+
+One launch, every series of the run config (shuffled per load, like the closed loop):
+
+1. **Calibration** (``serve.reference``, a series): its closed-loop throughput over
+   ``calibrate_iterations`` full batches, in queries/s of the mean query size: the
+   reference capacity that ``loads`` are fractions of.
+2. **Loads**: for every offered rate (``rates``, or ``loads`` x the reference capacity) and
+   series, an open-loop run of ``duration_s`` seconds of arrivals. Each logs to
+   ``OUT/<series>/load~<k>/rank{r}.jsonl`` (iteration records with ``t_close`` and
+   ``batch_samples``); rank 0 writes its queries (``queries.parquet``: arrival, size,
+   batch, latency) beside them.
+3. **Capacity** (``capacity``): per series, bisection of the offered rate for the highest
+   one whose latency percentile stays under the SLO and whose queue stays bounded, as
+   MLPerf's load generator searches its Server scenario; probes log to
+   ``OUT/<series>/capacity~<k>/``.
+
+Rank 0 writes ``OUT/serve.json``: the settings, the calibration, one summary per run
+(achieved rate, p50/p90/p99/p99.9 query latency, backlog at the end, stable) and the
+capacities found.
+
+Clocks: all ranks of one host share the monotonic clock; the start instant is rank 0's
+reading plus a margin, broadcast through MPI. Across hosts the same broadcast anchors the
+schedule only as well as the hosts' monotonic clocks agree (not aligned here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .infer import ConfigError, RunConfig, Series, _say_once, load_config
+from .serving import QuerySizes, Schedule, ServeSpec, query_latencies, schedule, summarise
+
+#: Start margin: the broadcast start instant lies this far after rank 0's clock reading.
+START_MARGIN_S = 0.05
+#: How often a rank waiting for a batch to close looks for arrived exchanges (sleeping).
+POLL_S = 0.0005
+
+
+@dataclass
+class CapacitySearch:
+    slo_ms: float = 60.0
+    percentile: float = 99.0
+    probes: int = 6  # bisection steps per series
+    low: float = 0.1  # search interval, fractions of the series' own closed-loop capacity
+    high: float = 1.0
+
+    def validate(self) -> None:
+        if not self.slo_ms > 0:
+            raise ConfigError(f"serve.capacity.slo_ms: must be > 0, got {self.slo_ms!r}")
+        if not 0 < self.percentile < 100:
+            raise ConfigError("serve.capacity.percentile: must be in (0, 100)")
+        if not (isinstance(self.probes, int) and self.probes >= 1):
+            raise ConfigError("serve.capacity.probes: must be an integer >= 1")
+        if not 0 < self.low < self.high:
+            raise ConfigError("serve.capacity: need 0 < low < high")
+
+
+@dataclass
+class ServeConfig:
+    """The ``serve`` section of a run config (every key also a command-line flag)."""
+
+    rates: list[float] | None = None  # offered rates, queries/s
+    loads: list[float] | None = None  # or fractions of the reference capacity
+    reference: str = "mpi"  # the series whose closed-loop capacity `loads` refer to
+    calibrate_iterations: int = 100
+    duration_s: float = 5.0
+    warmup_s: float = 0.5
+    sizes: dict[str, Any] = field(default_factory=lambda: {"kind": "constant", "samples": 64})
+    max_batch: int = 512
+    max_wait_s: float = 0.005
+    seed: int = 0
+    capacity: dict[str, Any] | None = None  # CapacitySearch keys; None: no search
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ServeConfig:
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(sorted(cls.__dataclass_fields__))
+            raise ConfigError(f"serve.{unknown[0]}: unknown key (known: {known})")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def query_sizes(self) -> QuerySizes:
+        try:
+            return QuerySizes.from_dict(self.sizes)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"serve.sizes: {exc}") from None
+
+    def search(self) -> CapacitySearch | None:
+        if self.capacity is None:
+            return None
+        try:
+            search = CapacitySearch(**self.capacity)
+        except TypeError as exc:
+            raise ConfigError(f"serve.capacity: {exc}") from None
+        search.validate()
+        return search
+
+    def spec(self, rate: float) -> ServeSpec:
+        return ServeSpec(
+            rate_qps=float(rate),
+            duration_s=float(self.duration_s),
+            sizes=self.query_sizes(),
+            max_batch=int(self.max_batch),
+            max_wait_s=float(self.max_wait_s),
+            seed=int(self.seed),
+            warmup_s=float(self.warmup_s),
+        )
+
+    def validate(self) -> None:
+        if self.rates is not None and self.loads is not None:
+            raise ConfigError("serve: give rates or loads, not both")
+        for key in ("rates", "loads"):
+            values = getattr(self, key)
+            if values is not None and (
+                not isinstance(values, list) or not values or not all(v > 0 for v in values)
+            ):
+                raise ConfigError(f"serve.{key}: a non-empty list of numbers > 0")
+        try:
+            Series.parse(self.reference)
+        except ConfigError as exc:
+            raise ConfigError(f"serve.reference: {exc}") from None
+        if not (isinstance(self.calibrate_iterations, int) and self.calibrate_iterations >= 1):
+            raise ConfigError("serve.calibrate_iterations: must be an integer >= 1")
+        try:
+            self.spec(1.0).validate()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"serve: {exc}") from None
+        self.search()
+
+
+# -- one rank's open loop ---------------------------------------------------------------
+
+
+def _agree_start(comm) -> float:
+    """The instant arrivals are counted from, the same on every rank (rank 0's clock)."""
+    comm.Barrier()
+    return comm.bcast(time.monotonic() + START_MARGIN_S if comm.Get_rank() == 0 else None)
+
+
+def _open_loop(ctx, series: Series, group, out_dir: Path, sched: Schedule, spec, order, index,
+               extra: dict[str, Any]):  # fmt: skip
+    """Run one offered load's batches on this rank; returns (t_origin, start[], done[])."""
+    import torch
+    from mpi4py import MPI
+
+    from . import records
+    from .delays import DelaySpec
+    from .infer import _Pipeline, series_header
+    from .serving import gather
+
+    comm = MPI.COMM_WORLD
+    n = sched.num_batches
+    warm = int(np.searchsorted(sched.close, spec.warmup_s, side="left"))
+    run_ctx = replace(
+        ctx,
+        cfg=replace(ctx.cfg, warmup=warm, iterations=max(n - warm, 1)),
+        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, max(n, 1)),
+    )
+    t_origin = _agree_start(comm)
+    header = series_header(
+        run_ctx, series, out_dir, order, index,
+        serve=spec.to_dict() | {"t_origin": t_origin, "batches": n} | extra,
+    )  # fmt: skip
+    start = np.full(n, np.nan)
+    with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
+        pipe = _Pipeline(run_ctx, series, group, writer, None, None)
+        for i in range(n):
+            lo, hi = sched.batch_range(i)
+            batch = gather(ctx.store, lo, hi)
+            close = t_origin + float(sched.close[i])
+            while True:  # idle until the batch closes; finish what arrives meanwhile
+                pipe.finish_arrived()
+                now = time.monotonic()
+                if now >= close:
+                    break
+                time.sleep(min(close - now, POLL_S) if pipe.pending else close - now)
+            start[i] = time.monotonic()
+            pipe.post(i, batch, t_close=close)
+            pipe.bound()
+        pipe.drain()
+        writer.close()
+    done = _done_times(out_dir, ctx.rank, n)
+    return t_origin, start, done
+
+
+def _done_times(out_dir: Path, rank: int, n: int) -> np.ndarray:
+    from . import records
+
+    log = records.read_log(out_dir / f"rank{rank}.jsonl")
+    done = np.full(n, np.nan)
+    for it in log.iterations:
+        done[it.iteration] = it.t_done
+    return done
+
+
+def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, extra):
+    """One open-loop run at ``rate``: every rank runs it; rank 0 returns its summary."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    spec = cfg.spec(rate)
+    sched = schedule(spec)
+    t_origin, start, done = _open_loop(ctx, series, group, out_dir, sched, spec, order, index,
+                                       extra)  # fmt: skip
+    starts = comm.gather(start, root=0)
+    dones = comm.gather(done, root=0)
+    if ctx.rank != 0:
+        return None
+    done_all = np.vstack(dones)
+    queries = query_latencies(sched, done_all, t_origin, ctx.size, spec.warmup_s)
+    queries.to_parquet(out_dir / "queries.parquet", index=False)
+    # Backlog: batches closed within the arrival window that some rank had not started
+    # when the window ended (a queue that grows means an overloaded, unstable run).
+    latest_start = np.vstack(starts).max(axis=0)
+    closed = sched.close <= spec.duration_s
+    backlog = int(np.sum(closed & (latest_start > t_origin + spec.duration_s)))
+    summary = (
+        summarise(queries, spec.duration_s)
+        | {
+            "series": series.label,
+            "rate_qps": float(rate),
+            "batches": int(sched.num_batches),
+            "mean_batch_samples": float(sched.batch_samples().mean()) if sched.num_batches else 0.0,
+            "backlog_batches": backlog,
+            "stable": backlog <= max(3, int(0.01 * sched.num_batches)),
+            "run_dir": str(out_dir),
+        }
+        | extra
+    )
+    return summary
+
+
+def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index) -> float:
+    """Closed-loop throughput of ``series`` on full batches, in queries/s (every rank)."""
+    from mpi4py import MPI
+
+    from . import records
+    from .infer import _run_series
+
+    comm = MPI.COMM_WORLD
+    n = cfg.calibrate_iterations
+    warm = min(10, n)
+    run_ctx = replace(
+        ctx,
+        cfg=replace(ctx.cfg, warmup=warm, iterations=n),
+        delays=__import__("bls_dlrm.delays", fromlist=["DelaySpec"])
+        .DelaySpec.from_dict(ctx.cfg.delay)
+        .schedule(ctx.size, warm + n),
+    )
+    comm.Barrier()
+    _run_series(run_ctx, series, group, out_dir, None, order, index, False)
+    log = records.read_log(out_dir / f"rank{ctx.rank}.jsonl")
+    measured = log.measured
+    first = min(it.t_start for it in measured)
+    last = max(it.t_done for it in measured)
+    firsts, lasts = comm.allgather(first), comm.allgather(last)
+    sps = ctx.store.batch_size * len(measured) / (max(lasts) - min(firsts))
+    return sps / cfg.query_sizes().mean()
+
+
+def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """Every step of one serving launch on this rank; rank 0 returns the report."""
+    from mpi4py import MPI
+
+    from .infer import make_context, open_groups
+
+    comm = MPI.COMM_WORLD
+    out_dir = Path(out_dir)
+    ctx = make_context(cfg, total=1)
+    ctx = replace(ctx, allow_empty=True)
+    series = cfg.series_list()
+    reference = Series.parse(serve.reference)
+    groups, close_groups = open_groups(cfg, [*series, reference])
+    rng = np.random.default_rng(cfg.shuffle_seed + cfg.repetition)
+    report: dict[str, Any] = {
+        "serve": {k: v for k, v in vars(serve).items()},
+        "series": [s.label for s in series],
+        "ranks": ctx.size,
+        "runs": [],
+        "capacity": {},
+    }
+    # 1. calibration
+    ref_qps = _calibrate(ctx, reference, groups[reference.label], serve,
+                         out_dir / reference.label / "calibrate", [reference], 0)  # fmt: skip
+    report["calibration"] = {"series": reference.label, "capacity_qps": ref_qps}
+    rates = serve.rates or [f * ref_qps for f in (serve.loads or [])]
+    loads = serve.loads or [None] * len(rates)
+    # 2. offered loads, series shuffled per load
+    for k, (rate, load) in enumerate(zip(rates, loads, strict=True)):
+        order = [series[j] for j in rng.permutation(len(series))]
+        for index, s in enumerate(order):
+            extra = {"load": load, "load_index": k}
+            summary = _measure(ctx, s, groups[s.label], out_dir / s.label / f"load~{k}", serve,
+                               rate, order, index, extra)  # fmt: skip
+            if summary is not None:
+                report["runs"].append(summary)
+                _say(f"{s.label}: {rate:,.0f} q/s -> p99 {summary['p99_ms']:.1f} ms"
+                     f"{'' if summary['stable'] else ' (unstable)'}")  # fmt: skip
+    # 3. capacity at the SLO
+    search = serve.search()
+    if search is not None:
+        for s in series:
+            own = _calibrate(ctx, s, groups[s.label], serve,
+                             out_dir / s.label / "capacity-calibrate", series, 0)  # fmt: skip
+            report["capacity"][s.label] = _bisect(ctx, s, groups[s.label], serve, search, own,
+                                                  out_dir / s.label, series)  # fmt: skip
+    comm.Barrier()
+    close_groups()
+    if ctx.rank == 0:
+        (out_dir / "serve.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+        return report
+    return None
+
+
+def _bisect(ctx, s, group, serve: ServeConfig, search: CapacitySearch, own_qps, out, order):
+    """Highest offered rate (queries/s) whose latency percentile stays under the SLO."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    key = f"p{search.percentile:g}".replace(".", "_") + "_ms"
+    lo, hi = search.low * own_qps, search.high * own_qps
+    passed, probes = None, []
+    for k in range(search.probes):
+        rate = hi if k == 0 else (lo + hi) / 2
+        extra = {"capacity_probe": k}
+        summary = _measure(ctx, s, group, out / f"capacity~{k}", serve, rate, order, 0, extra)
+        ok = None
+        if summary is not None:
+            value = _percentile_of(out / f"capacity~{k}" / "queries.parquet", search.percentile)
+            ok = bool(value * 1e3 <= search.slo_ms and summary["stable"])
+            summary[key] = value * 1e3
+            probes.append(summary | {"passed": ok})
+        ok = comm.bcast(ok, root=0)
+        if ok:
+            passed = rate
+            lo = rate
+            if k == 0:
+                break  # the whole search interval passes: capacity >= its top
+        elif k > 0:
+            hi = rate
+    if ctx.rank != 0:
+        return None
+    return {
+        "capacity_qps": passed,
+        "at_least": passed is not None and passed >= search.high * own_qps,
+        "closed_loop_qps": own_qps,
+        "slo_ms": search.slo_ms,
+        "percentile": search.percentile,
+        "probes": probes,
+    }
+
+
+def _percentile_of(path: Path, q: float) -> float:
+    import pandas as pd
+
+    queries = pd.read_parquet(path)
+    lat = queries.loc[~queries["warmup"], "latency_s"].to_numpy()
+    return float(np.percentile(lat, q)) if len(lat) else float("inf")
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {value!r}")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="bls-dlrm serve")
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--config", type=Path, help="YAML run config (infer's keys plus `serve`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, dotted (serve.duration_s=3)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="folder for logs and serve.json")
+    p.add_argument("--rate", type=float, action="append", metavar="QPS",
+                   help="offered rate in queries/s (repeat for several; serve.rates)")  # fmt: skip
+    p.add_argument("--loads", type=lambda t: [float(x) for x in t.split(",")],
+                   help="offered rates as fractions of the reference series' closed-loop "
+                        "capacity, e.g. 0.3,0.7,1.0,1.3 (serve.loads)")  # fmt: skip
+    p.add_argument("--duration", type=float, help="seconds of arrivals per run (serve.duration_s)")
+    p.add_argument("--find-capacity", action="store_true",
+                   help="bisect each series' highest rate whose percentile latency stays "
+                        "under --slo-ms (serve.capacity)")  # fmt: skip
+    p.add_argument("--slo-ms", type=float, default=None, help="latency bound (default 60)")
+    p.add_argument("--percentile", type=float, default=None, help="judged percentile (99)")
+    return p
+
+
+def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
+    import yaml
+
+    data = yaml.safe_load(args.config.read_text()) if args.config else {}
+    if args.config and not isinstance(data, dict):
+        raise ConfigError(f"--config {args.config}: expected a mapping of keys")
+    serve_data = dict((data or {}).pop("serve", None) or {})
+    run_overrides = []
+    for text in args.overrides:
+        if text.startswith("serve."):
+            from .infer import parse_override
+
+            keys, value = parse_override(text)
+            node = serve_data
+            for k in keys[1:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        else:
+            run_overrides.append(text)
+    if args.rate:
+        serve_data["rates"], serve_data["loads"] = list(args.rate), None
+    if args.loads:
+        serve_data["loads"], serve_data["rates"] = args.loads, None
+    if args.duration is not None:
+        serve_data["duration_s"] = args.duration
+    if args.find_capacity or args.slo_ms is not None or args.percentile is not None:
+        capacity = dict(serve_data.get("capacity") or {})
+        if args.slo_ms is not None:
+            capacity["slo_ms"] = args.slo_ms
+        if args.percentile is not None:
+            capacity["percentile"] = args.percentile
+        serve_data["capacity"] = capacity
+    cfg = _run_config(data or {}, run_overrides)
+    serve = ServeConfig.from_dict(serve_data)
+    if not serve.rates and not serve.loads and serve.capacity is None:
+        raise ConfigError("serve: give --rate, --loads or --find-capacity")
+    return cfg, serve
+
+
+def _run_config(data: dict[str, Any], overrides: list[str]) -> RunConfig:
+    import tempfile
+
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(data, fh)
+    try:
+        return load_config(fh.name, overrides)
+    finally:
+        Path(fh.name).unlink()
+
+
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    args = args or build_parser().parse_args(argv)
+    try:
+        cfg, serve = load_serve_config(args)
+    except (ConfigError, OSError) as exc:
+        _say_once(f"bls-dlrm serve: bad config: {exc}")
+        return 2
+    report = run(cfg, serve, args.out)
+    if report is not None:
+        _say(f"serve: report in {Path(args.out) / 'serve.json'}")
+    return 0
