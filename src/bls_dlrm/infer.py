@@ -520,6 +520,8 @@ class _Pipeline:
         self.preds_kept, self.bar = preds_kept, bar
         self.pending: deque[_Pending] = deque()
         self._layouts: dict[int, _Layout] = {}
+        #: (t_start, t_done) of every finished iteration, by iteration number
+        self.times: dict[int, tuple[float, float]] = {}
 
     def layout(self, batch_size: int) -> _Layout:
         """The slices and counts of a global batch of ``batch_size`` samples (cached)."""
@@ -610,6 +612,7 @@ class _Pipeline:
         t1 = time.monotonic()
         preds = ctx.dense_model.top(p.bottom, self._received_parts(p))
         t_done = time.monotonic()
+        self.times[p.iteration] = (p.t_start, t_done)
         if self.preds_kept is not None:
             self.preds_kept.append(preds.clone())
         self.writer.write(
@@ -708,8 +711,11 @@ def _run_series(
     order: list[Series],
     index: int,
     progress: bool | None,
+    times: dict[int, tuple[float, float]] | None = None,
 ) -> Path:
-    """The closed loop: every iteration starts as soon as the lag bound lets it."""
+    """The closed loop: every iteration starts as soon as the lag bound lets it.
+
+    ``times``, if given, receives every iteration's (t_start, t_done)."""
     import torch
 
     from . import records
@@ -729,6 +735,8 @@ def _run_series(
     if bar is not None:
         bar.close()
     save_predictions(preds_kept, predictions_out, ctx.rank)
+    if times is not None:
+        times.update(pipe.times)
     return footer
 
 

@@ -178,7 +178,10 @@ def _open_loop(ctx, series: Series, group, out_dir: Path, sched: Schedule, spec,
     run_ctx = replace(
         ctx,
         cfg=replace(ctx.cfg, warmup=warm, iterations=max(n - warm, 1)),
-        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, max(n, 1)),
+        # A delay is a multiple of a full batch's work (the dataset's batch size, as in
+        # the closed loop); a smaller batch carries the same multiple of its own work.
+        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, max(n, 1))
+        * np.minimum(sched.batch_samples() / ctx.store.batch_size, 1.0)[None, :],
     )
     t_origin = _agree_start(comm)
     header = series_header(
@@ -203,18 +206,8 @@ def _open_loop(ctx, series: Series, group, out_dir: Path, sched: Schedule, spec,
             pipe.bound()
         pipe.drain()
         writer.close()
-    done = _done_times(out_dir, ctx.rank, n)
+    done = np.array([pipe.times[i][1] for i in range(n)])
     return t_origin, start, done
-
-
-def _done_times(out_dir: Path, rank: int, n: int) -> np.ndarray:
-    from . import records
-
-    log = records.read_log(out_dir / f"rank{rank}.jsonl")
-    done = np.full(n, np.nan)
-    for it in log.iterations:
-        done[it.iteration] = it.t_done
-    return done
 
 
 def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, extra):
@@ -258,7 +251,7 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     """Closed-loop throughput of ``series`` on full batches, in queries/s (every rank)."""
     from mpi4py import MPI
 
-    from . import records
+    from .delays import DelaySpec
     from .infer import _run_series
 
     comm = MPI.COMM_WORLD
@@ -267,18 +260,16 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     run_ctx = replace(
         ctx,
         cfg=replace(ctx.cfg, warmup=warm, iterations=n),
-        delays=__import__("bls_dlrm.delays", fromlist=["DelaySpec"])
-        .DelaySpec.from_dict(ctx.cfg.delay)
-        .schedule(ctx.size, warm + n),
+        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, warm + n),
     )
     comm.Barrier()
-    _run_series(run_ctx, series, group, out_dir, None, order, index, False)
-    log = records.read_log(out_dir / f"rank{ctx.rank}.jsonl")
-    measured = log.measured
-    first = min(it.t_start for it in measured)
-    last = max(it.t_done for it in measured)
+    times: dict[int, tuple[float, float]] = {}
+    _run_series(run_ctx, series, group, out_dir, None, order, index, False, times)
+    measured = [times[i] for i in range(warm, warm + n)]
+    first = min(t for t, _ in measured)
+    last = max(t for _, t in measured)
     firsts, lasts = comm.allgather(first), comm.allgather(last)
-    sps = ctx.store.batch_size * len(measured) / (max(lasts) - min(firsts))
+    sps = ctx.store.batch_size * n / (max(lasts) - min(firsts))
     return sps / cfg.query_sizes().mean()
 
 
