@@ -520,8 +520,9 @@ class _Pipeline:
         self.preds_kept, self.bar = preds_kept, bar
         self.pending: deque[_Pending] = deque()
         self._layouts: dict[int, _Layout] = {}
-        #: (t_start, t_done) of every finished iteration, by iteration number
-        self.times: dict[int, tuple[float, float]] = {}
+        #: (t_start, t_done, work) of every finished iteration, by iteration number; work
+        #: is its local compute plus injected delay (waits excluded), as theory.py takes it
+        self.times: dict[int, tuple[float, float, float]] = {}
 
     def layout(self, batch_size: int) -> _Layout:
         """The slices and counts of a global batch of ``batch_size`` samples (cached)."""
@@ -612,7 +613,8 @@ class _Pipeline:
         t1 = time.monotonic()
         preds = ctx.dense_model.top(p.bottom, self._received_parts(p))
         t_done = time.monotonic()
-        self.times[p.iteration] = (p.t_start, t_done)
+        compute_s = p.compute_s + (t_done - t1)
+        self.times[p.iteration] = (p.t_start, t_done, compute_s + p.delay_s)
         if self.preds_kept is not None:
             self.preds_kept.append(preds.clone())
         self.writer.write(
@@ -628,7 +630,7 @@ class _Pipeline:
                 t_done=t_done,
                 wait_s=wait_s,
                 delay_s=p.delay_s,
-                compute_s=p.compute_s + (t_done - t1),
+                compute_s=compute_s,
                 lag=lag,
                 checksum=checksum(preds),
                 t_close=p.t_close,
@@ -711,11 +713,11 @@ def _run_series(
     order: list[Series],
     index: int,
     progress: bool | None,
-    times: dict[int, tuple[float, float]] | None = None,
+    times: dict[int, tuple[float, float, float]] | None = None,
 ) -> Path:
     """The closed loop: every iteration starts as soon as the lag bound lets it.
 
-    ``times``, if given, receives every iteration's (t_start, t_done)."""
+    ``times``, if given, receives every iteration's (t_start, t_done, work)."""
     import torch
 
     from . import records

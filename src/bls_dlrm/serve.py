@@ -14,9 +14,11 @@ batch's predictions never wait for the next arrival.
 
 One launch, every series of the run config (shuffled per load, like the closed loop):
 
-1. **Calibration** (``serve.reference``, a series): its closed-loop throughput over
-   ``calibrate_iterations`` full batches, in queries/s of the mean query size: the
-   reference capacity that ``loads`` are fractions of.
+1. **Calibration** (``serve.reference``: a series, or a list of candidates): the
+   closed-loop throughput of each over ``calibrate_iterations`` full batches, in queries/s
+   of the mean query size. The highest is the reference capacity that ``loads`` are
+   fractions of, and its series the reference (with ``serve_reference``, it is also served:
+   "the best synchronous series", chosen by a rule fixed before the loads run).
 2. **Loads**: for every offered rate (``rates``, or ``loads`` x the reference capacity) and
    series, an open-loop run of ``duration_s`` seconds of arrivals. Each logs to
    ``OUT/<series>/load~<k>/rank{r}.jsonl`` (iteration records with ``t_close`` and
@@ -42,12 +44,13 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import theory
 from .infer import ConfigError, RunConfig, Series, _say_once, load_config
 from .serving import QuerySizes, Schedule, ServeSpec, query_latencies, schedule, summarise
 
@@ -82,7 +85,8 @@ class ServeConfig:
 
     rates: list[float] | None = None  # offered rates, queries/s
     loads: list[float] | None = None  # or fractions of the reference capacity
-    reference: str = "mpi"  # the series whose closed-loop capacity `loads` refer to
+    reference: str | list[str] = "mpi"  # series (or candidates) `loads` refer to
+    serve_reference: bool = False  # also serve the reference (first, if not listed)
     calibrate_iterations: int = 100
     duration_s: float = 5.0
     warmup_s: float = 0.5
@@ -119,6 +123,13 @@ class ServeConfig:
         search.validate()
         return search
 
+    def references(self) -> list[Series]:
+        """The reference candidates, in config order."""
+        texts = [self.reference] if isinstance(self.reference, str) else self.reference
+        if not isinstance(texts, list) or not texts:
+            raise ConfigError("a series or a non-empty list of series")
+        return [Series.parse(t) for t in texts]
+
     def spec(self, rate: float) -> ServeSpec:
         return ServeSpec(
             rate_qps=float(rate),
@@ -140,7 +151,7 @@ class ServeConfig:
             ):
                 raise ConfigError(f"serve.{key}: a non-empty list of numbers > 0")
         try:
-            Series.parse(self.reference)
+            self.references()
         except ConfigError as exc:
             raise ConfigError(f"serve.reference: {exc}") from None
         if not (isinstance(self.calibrate_iterations, int) and self.calibrate_iterations >= 1):
@@ -161,8 +172,17 @@ def _agree_start(comm) -> float:
     return comm.bcast(time.monotonic() + START_MARGIN_S if comm.Get_rank() == 0 else None)
 
 
-def _open_loop(ctx, series: Series, group, out_dir: Path, sched: Schedule, spec, order, index,
-               extra: dict[str, Any]):  # fmt: skip
+def _open_loop(
+    ctx,
+    series: Series,
+    group,
+    out_dir: Path,
+    sched: Schedule,
+    spec,
+    order,
+    index,
+    extra: dict[str, Any],
+):
     """Run one offered load's batches on this rank; returns (t_origin, start[], done[])."""
     import torch
     from mpi4py import MPI
@@ -185,9 +205,13 @@ def _open_loop(ctx, series: Series, group, out_dir: Path, sched: Schedule, spec,
     )
     t_origin = _agree_start(comm)
     header = series_header(
-        run_ctx, series, out_dir, order, index,
+        run_ctx,
+        series,
+        out_dir,
+        order,
+        index,
         serve=spec.to_dict() | {"t_origin": t_origin, "batches": n} | extra,
-    )  # fmt: skip
+    )
     start = np.full(n, np.nan)
     with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
         pipe = _Pipeline(run_ctx, series, group, writer, None, None)
@@ -217,8 +241,9 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     comm = MPI.COMM_WORLD
     spec = cfg.spec(rate)
     sched = schedule(spec)
-    t_origin, start, done = _open_loop(ctx, series, group, out_dir, sched, spec, order, index,
-                                       extra)  # fmt: skip
+    t_origin, start, done = _open_loop(
+        ctx, series, group, out_dir, sched, spec, order, index, extra
+    )
     starts = comm.gather(start, root=0)
     dones = comm.gather(done, root=0)
     if ctx.rank != 0:
@@ -247,8 +272,19 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     return summary
 
 
-def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index) -> float:
-    """Closed-loop throughput of ``series`` on full batches, in queries/s (every rank)."""
+@dataclass(frozen=True)
+class Calibration:
+    """A series' closed-loop capacity in queries/s, and the theory's limits on the same
+    work (:mod:`bls_dlrm.theory`): synchronous (1 / mean of the per-iteration maximum work)
+    and unbounded lag (1 / the largest per-rank mean work)."""
+
+    capacity_qps: float
+    ideal_sync_qps: float
+    ideal_unbounded_qps: float
+
+
+def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index) -> Calibration:
+    """Closed-loop capacity of ``series`` on full batches (every rank gets the same)."""
     from mpi4py import MPI
 
     from .delays import DelaySpec
@@ -263,14 +299,19 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
         delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, warm + n),
     )
     comm.Barrier()
-    times: dict[int, tuple[float, float]] = {}
+    times: dict[int, tuple[float, float, float]] = {}
     _run_series(run_ctx, series, group, out_dir, None, order, index, False, times)
     measured = [times[i] for i in range(warm, warm + n)]
-    first = min(t for t, _ in measured)
-    last = max(t for _, t in measured)
+    first = min(t for t, _, _ in measured)
+    last = max(t for _, t, _ in measured)
     firsts, lasts = comm.allgather(first), comm.allgather(last)
-    sps = ctx.store.batch_size * n / (max(lasts) - min(firsts))
-    return sps / cfg.query_sizes().mean()
+    work = np.vstack(comm.allgather([w for _, _, w in measured]))  # (ranks, n)
+    per_query = ctx.store.batch_size * n / cfg.query_sizes().mean()  # queries of n batches
+    return Calibration(
+        capacity_qps=per_query / (max(lasts) - min(firsts)),
+        ideal_sync_qps=per_query / theory.makespan_sync(work),
+        ideal_unbounded_qps=per_query / theory.makespan_unbounded(work),
+    )
 
 
 def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, Any] | None:
@@ -284,8 +325,8 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     ctx = make_context(cfg, total=1)
     ctx = replace(ctx, allow_empty=True)
     series = cfg.series_list()
-    reference = Series.parse(serve.reference)
-    groups, close_groups = open_groups(cfg, [*series, reference])
+    candidates = serve.references()
+    groups, close_groups = open_groups(cfg, [*series, *candidates])
     rng = np.random.default_rng(cfg.shuffle_seed + cfg.repetition)
     report: dict[str, Any] = {
         "serve": {k: v for k, v in vars(serve).items()},
@@ -295,9 +336,26 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
         "capacity": {},
     }
     # 1. calibration
-    ref_qps = _calibrate(ctx, reference, groups[reference.label], serve,
-                         out_dir / reference.label / "calibrate", [reference], 0)  # fmt: skip
-    report["calibration"] = {"series": reference.label, "capacity_qps": ref_qps}
+    measured = {
+        s.label: _calibrate(
+            ctx, s, groups[s.label], serve, out_dir / s.label / "calibrate", candidates, k
+        )
+        for k, s in enumerate(candidates)
+    }
+    # the highest capacity (every rank has the same numbers: they are gathered)
+    reference = max(candidates, key=lambda s: measured[s.label].capacity_qps)
+    ref = measured[reference.label]
+    ref_qps = ref.capacity_qps
+    report["calibration"] = {
+        "series": reference.label,
+        "capacity_qps": ref_qps,
+        "ideal_sync_qps": ref.ideal_sync_qps,
+        "ideal_unbounded_qps": ref.ideal_unbounded_qps,
+        "candidates": {label: asdict(c) for label, c in measured.items()},
+    }
+    if serve.serve_reference and reference.label not in {s.label for s in series}:
+        series = [reference, *series]
+    report["series"] = [s.label for s in series]
     rates = serve.rates or [f * ref_qps for f in (serve.loads or [])]
     loads = serve.loads or [None] * len(rates)
     # 2. offered loads, series shuffled per load
@@ -305,20 +363,33 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
         order = [series[j] for j in rng.permutation(len(series))]
         for index, s in enumerate(order):
             extra = {"load": load, "load_index": k}
-            summary = _measure(ctx, s, groups[s.label], out_dir / s.label / f"load~{k}", serve,
-                               rate, order, index, extra)  # fmt: skip
+            summary = _measure(
+                ctx,
+                s,
+                groups[s.label],
+                out_dir / s.label / f"load~{k}",
+                serve,
+                rate,
+                order,
+                index,
+                extra,
+            )
             if summary is not None:
                 report["runs"].append(summary)
-                _say(f"{s.label}: {rate:,.0f} q/s -> p99 {summary['p99_ms']:.1f} ms"
-                     f"{'' if summary['stable'] else ' (unstable)'}")  # fmt: skip
+                _say(
+                    f"{s.label}: {rate:,.0f} q/s -> p99 {summary['p99_ms']:.1f} ms"
+                    f"{'' if summary['stable'] else ' (unstable)'}"
+                )
     # 3. capacity at the SLO
     search = serve.search()
     if search is not None:
         for s in series:
-            own = _calibrate(ctx, s, groups[s.label], serve,
-                             out_dir / s.label / "capacity-calibrate", series, 0)  # fmt: skip
-            report["capacity"][s.label] = _bisect(ctx, s, groups[s.label], serve, search, own,
-                                                  out_dir / s.label, series)  # fmt: skip
+            own = measured.get(s.label) or _calibrate(
+                ctx, s, groups[s.label], serve, out_dir / s.label / "capacity-calibrate", series, 0
+            )
+            report["capacity"][s.label] = _bisect(
+                ctx, s, groups[s.label], serve, search, own, out_dir / s.label, series
+            )
     comm.Barrier()
     close_groups()
     if ctx.rank == 0:
@@ -327,8 +398,13 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     return None
 
 
-def _bisect(ctx, s, group, serve: ServeConfig, search: CapacitySearch, own_qps, out, order):
-    """Highest offered rate (queries/s) whose latency percentile stays under the SLO."""
+def _bisect(
+    ctx, s, group, serve: ServeConfig, search: CapacitySearch, own: Calibration, out, order
+):
+    """Highest offered rate (queries/s) whose latency percentile stays under the SLO,
+    searched between ``search.low`` and ``search.high`` times the series' own closed-loop
+    capacity (``own``)."""
+    own_qps = own.capacity_qps
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -359,6 +435,8 @@ def _bisect(ctx, s, group, serve: ServeConfig, search: CapacitySearch, own_qps, 
         "capacity_qps": passed,
         "at_least": passed is not None and passed >= search.high * own_qps,
         "closed_loop_qps": own_qps,
+        "ideal_sync_qps": own.ideal_sync_qps,
+        "ideal_unbounded_qps": own.ideal_unbounded_qps,
         "slo_ms": search.slo_ms,
         "percentile": search.percentile,
         "probes": probes,
@@ -391,18 +469,35 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", type=Path, help="YAML run config (infer's keys plus `serve`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, dotted (serve.duration_s=3)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, dotted (serve.duration_s=3)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for logs and serve.json")
-    p.add_argument("--rate", type=float, action="append", metavar="QPS",
-                   help="offered rate in queries/s (repeat for several; serve.rates)")  # fmt: skip
-    p.add_argument("--loads", type=lambda t: [float(x) for x in t.split(",")],
-                   help="offered rates as fractions of the reference series' closed-loop "
-                        "capacity, e.g. 0.3,0.7,1.0,1.3 (serve.loads)")  # fmt: skip
+    p.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        metavar="QPS",
+        help="offered rate in queries/s (repeat for several; serve.rates)",
+    )
+    p.add_argument(
+        "--loads",
+        type=lambda t: [float(x) for x in t.split(",")],
+        help="offered rates as fractions of the reference series' closed-loop "
+        "capacity, e.g. 0.3,0.7,1.0,1.3 (serve.loads)",
+    )
     p.add_argument("--duration", type=float, help="seconds of arrivals per run (serve.duration_s)")
-    p.add_argument("--find-capacity", action="store_true",
-                   help="bisect each series' highest rate whose percentile latency stays "
-                        "under --slo-ms (serve.capacity)")  # fmt: skip
+    p.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="bisect each series' highest rate whose percentile latency stays "
+        "under --slo-ms (serve.capacity)",
+    )
     p.add_argument("--slo-ms", type=float, default=None, help="latency bound (default 60)")
     p.add_argument("--percentile", type=float, default=None, help="judged percentile (99)")
     return p
