@@ -1,6 +1,6 @@
 # bls-dlrm: the workflow of the artifact.
 #
-#   config -> data -> runs (logs) -> tables -> figures/numbers -> paper
+#   config -> data -> runs (logs) + serving runs -> tables -> figures/numbers -> paper
 #
 # `snakemake --cores N` runs the default config (config/config.yaml); pick another with
 # `--configfile config/smoke.yaml` or `config/paper.yaml`. Machine settings live in
@@ -20,6 +20,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/runs.smk"
+include: "workflow/rules/serving.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
@@ -39,5 +40,6 @@ rule all:
         ALL_RANK_LOGS,
         DESIGN_CSV,
         TABLE_FILES.values(),
+        serving_reports(),
         figure_targets(),
         paper_targets(),

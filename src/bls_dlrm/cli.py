@@ -7,6 +7,7 @@ Subcommands, in the order the workflow uses them:
 - ``infer``       one distributed inference run (start it under ``mpiexec -n P``)
 - ``serve``       open-loop serving: query latency under offered load (``mpiexec -n P``)
 - ``tables``      run logs -> tidy Parquet tables
+- ``serve-tables`` serving reports (serve.json) -> serving and capacity tables
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
 - ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: serve.main(args=a))
 
     p = sub.add_parser("tables", help="run logs -> Parquet tables", add_help=False)
+    p = sub.add_parser("serve-tables", help="serving reports -> Parquet tables", add_help=False)
     p.set_defaults(func=None)
 
     p = sub.add_parser("bench-a2a", help="alltoallv benchmark: gloo vs mpi vs bls")
@@ -235,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         from .tables import main_tables
 
         return main_tables(argv[1:])
+    if argv[:1] == ["serve-tables"]:
+        from .serving import main_tables as serve_tables
+
+        return serve_tables(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

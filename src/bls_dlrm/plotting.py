@@ -108,6 +108,8 @@ SYNC_COLLECTIVES = ("mpi", "gloo")
 #: measures what the lag bound adds, not how our engine compares with MPI's.
 SYNC_SERIES = (*SYNC_COLLECTIVES, "bls L=0")
 TABLE_NAMES = ("runs", "per_iteration", "iterations")
+#: Tables of the serving sweep (``bls-dlrm serve-tables``).
+SERVING_TABLE_NAMES = ("serving", "capacity")
 
 #: Config keys that pick or label the collective rather than describe the workload.
 NOT_WORKLOAD = frozenset(
@@ -196,16 +198,19 @@ def resolve_out_dir(path: str | os.PathLike[str]) -> Path:
 def load_table(
     tables_dir: str | os.PathLike[str], name: str, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """One table (``runs``, ``per_iteration`` or ``iterations``) of a sweep.
+    """One table of a sweep (``runs``, ``per_iteration``, ``iterations``; of the serving
+    sweep, ``serving`` and ``capacity``).
 
     ``columns`` limits what is read (the iterations table can be large); names that the
     table lacks are skipped rather than failing, so notebooks survive older tables.
     """
-    if name not in TABLE_NAMES:
-        raise ValueError(f"unknown table {name!r}; expected one of {TABLE_NAMES}")
+    known = TABLE_NAMES + SERVING_TABLE_NAMES
+    if name not in known:
+        raise ValueError(f"unknown table {name!r}; expected one of {known}")
     path = project_path(tables_dir) / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such table (build it with `bls-dlrm tables`)")
+        tool = "serve-tables" if name in SERVING_TABLE_NAMES else "tables"
+        raise FileNotFoundError(f"{path}: no such table (build it with `bls-dlrm {tool}`)")
     if columns is not None:
         import pyarrow.parquet as pq
 

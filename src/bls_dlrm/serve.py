@@ -401,18 +401,22 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
 def _bisect(
     ctx, s, group, serve: ServeConfig, search: CapacitySearch, own: Calibration, out, order
 ):
-    """Highest offered rate (queries/s) whose latency percentile stays under the SLO,
-    searched between ``search.low`` and ``search.high`` times the series' own closed-loop
-    capacity (``own``)."""
-    own_qps = own.capacity_qps
+    """Highest offered rate (queries/s) whose latency percentile stays under the SLO.
+
+    Bisection between ``search.low`` and ``search.high`` times the series' own closed-loop
+    capacity (``own``), taken to pass and to fail: each probe halves the interval, so the
+    result lies within ``(high - low) / 2**probes`` of the true capacity. When no probe
+    passes, ``capacity_qps`` is None and ``below_qps`` the lowest rate that failed.
+    """
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    own_qps = own.capacity_qps
     key = f"p{search.percentile:g}".replace(".", "_") + "_ms"
     lo, hi = search.low * own_qps, search.high * own_qps
     passed, probes = None, []
     for k in range(search.probes):
-        rate = hi if k == 0 else (lo + hi) / 2
+        rate = (lo + hi) / 2
         extra = {"capacity_probe": k}
         summary = _measure(ctx, s, group, out / f"capacity~{k}", serve, rate, order, 0, extra)
         ok = None
@@ -421,19 +425,17 @@ def _bisect(
             ok = bool(value * 1e3 <= search.slo_ms and summary["stable"])
             summary[key] = value * 1e3
             probes.append(summary | {"passed": ok})
-        ok = comm.bcast(ok, root=0)
+        ok = comm.bcast(ok, root=0)  # rank 0 judged it; every rank takes the same branch
         if ok:
-            passed = rate
-            lo = rate
-            if k == 0:
-                break  # the whole search interval passes: capacity >= its top
-        elif k > 0:
+            passed, lo = rate, rate
+        else:
             hi = rate
     if ctx.rank != 0:
         return None
     return {
         "capacity_qps": passed,
-        "at_least": passed is not None and passed >= search.high * own_qps,
+        "below_qps": None if passed is not None else hi,
+        "resolution_qps": (search.high - search.low) * own_qps / 2**search.probes,
         "closed_loop_qps": own_qps,
         "ideal_sync_qps": own.ideal_sync_qps,
         "ideal_unbounded_qps": own.ideal_unbounded_qps,

@@ -20,6 +20,7 @@ included, as a user sees it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -302,13 +303,112 @@ def summarise(queries: pd.DataFrame, duration_s: float) -> dict[str, float]:
     lat = measured["latency_s"].to_numpy()
     warm = queries.loc[queries["warmup"], "arrival_s"]
     window = duration_s - (float(warm.max()) if len(warm) else 0.0)
+    done = (measured["arrival_s"] + measured["latency_s"]).to_numpy()
+    busy = float(done.max() - measured["arrival_s"].min()) if len(measured) else 0.0
     out = {
         "queries": len(measured),
         "samples": int(measured["samples"].sum()),
-        "offered_qps": len(measured) / window if window > 0 else float("nan"),
+        # arrivals per second in the measured window (the offered rate, as drawn)
+        "arrived_qps": len(measured) / window if window > 0 else float("nan"),
+        # queries answered per second, from the first measured arrival to the last answer
+        "achieved_qps": len(measured) / busy if busy > 0 else float("nan"),
     }
     for p in (50, 90, 99, 99.9):
         key = f"p{p:g}".replace(".", "_") + "_ms"
         out[key] = float(np.percentile(lat, p) * 1e3) if len(lat) else float("nan")
     out["mean_ms"] = float(lat.mean() * 1e3) if len(lat) else float("nan")
     return out
+
+
+# -- tables of a serving sweep ------------------------------------------------------------
+
+#: The role of the reference series (the launch's best synchronous series) in the tables.
+SYNC = "sync"
+
+
+def _label(text: str) -> str:
+    """``bls-L4`` (run folders) -> ``bls L=4`` (tables and figures); others unchanged."""
+    return f"bls L={text[5:]}" if text.startswith("bls-L") else text
+
+
+def sweep_tables(reports: dict[tuple[str, int], dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Tidy tables of a serving sweep from its ``serve.json`` reports, keyed by (workload,
+    repetition): ``serving`` (one row per offered load and series: latency percentiles,
+    achieved rate, stability) and ``capacity`` (one row per series: capacity at the SLO,
+    closed-loop capacity and the theory's limits).
+
+    Each row carries ``series`` (``mpi``, ``bls L=4``, ...) and ``role``: ``sync`` for the
+    launch's reference (its highest-capacity synchronous candidate, chosen at calibration
+    before any load ran), else the series itself, so ratios pair BLS with the synchronous
+    series of the same repetition.
+    """
+    serving, capacity = [], []
+    for (workload, rep), report in sorted(reports.items()):
+        cal = report["calibration"]
+        ref = _label(cal["series"])
+        base = {
+            "workload": workload,
+            "repetition": int(rep),
+            "ranks": report.get("ranks"),
+            "reference": ref,
+            "reference_qps": cal["capacity_qps"],
+            "ideal_sync_qps": cal.get("ideal_sync_qps"),
+            "ideal_unbounded_qps": cal.get("ideal_unbounded_qps"),
+        }
+        for run in report["runs"]:
+            series = _label(run["series"])
+            row = base | {k: v for k, v in run.items() if k not in ("series", "run_dir")}
+            serving.append(row | {"series": series, "role": SYNC if series == ref else series})
+        for label, found in (report.get("capacity") or {}).items():
+            series = _label(label)
+            capacity.append(
+                base
+                | {
+                    "series": series,
+                    "role": SYNC if series == ref else series,
+                    "capacity_qps": found["capacity_qps"],
+                    "below_qps": found.get("below_qps"),
+                    "resolution_qps": found.get("resolution_qps"),
+                    "closed_loop_qps": found["closed_loop_qps"],
+                    "series_ideal_sync_qps": found.get("ideal_sync_qps"),
+                    "series_ideal_unbounded_qps": found.get("ideal_unbounded_qps"),
+                    "slo_ms": found["slo_ms"],
+                    "percentile": found["percentile"],
+                    "probes": len(found["probes"]),
+                }
+            )
+    return {"serving": pd.DataFrame(serving), "capacity": pd.DataFrame(capacity)}
+
+
+def main_tables(argv: list[str] | None = None) -> int:
+    """``bls-dlrm serve-tables REPORT... --out DIR``: serving.parquet and capacity.parquet.
+
+    A report's path must hold ``scenario~<workload>`` and ``rep~<n>`` folders (the
+    workflow's layout), which name its workload and repetition.
+    """
+    import argparse
+    import json
+    import re
+
+    parser = argparse.ArgumentParser(
+        prog="bls-dlrm serve-tables",
+        description="Serving sweep reports (serve.json) -> serving.parquet, capacity.parquet",
+    )
+    parser.add_argument("reports", nargs="+", type=Path, metavar="SERVE_JSON")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the tables")
+    args = parser.parse_args(argv)
+    reports = {}
+    for path in args.reports:
+        m = re.search(r"scenario~([^/]+)/(?:.*/)?rep~(\d+)", str(path))
+        if not m:
+            parser.error(f"{path}: no scenario~<name>/.../rep~<n> in the path")
+        try:
+            reports[(m.group(1), int(m.group(2)))] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"{path}: {exc}")
+    tables = sweep_tables(reports)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        df.to_parquet(args.out / f"{name}.parquet", index=False)
+        print(f"{name}: {len(df)} rows -> {args.out / (name + '.parquet')}")
+    return 0

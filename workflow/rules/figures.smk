@@ -48,6 +48,8 @@ FIGURES = {
     "fig4_scenarios": ("runs",),
     "fig5_breakdown": ("runs", "iterations"),
 }
+if config.get("serving"):
+    FIGURES["fig6_serving"] = ("serving", "capacity")
 FIG_ALL_TABLES = ("runs", "per_iteration", "iterations")
 
 

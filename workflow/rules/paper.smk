@@ -26,6 +26,7 @@ rule claims:
     input:
         runs=f"{PAPER_TABLES_DIR}/runs.parquet",
         per_iteration=f"{PAPER_TABLES_DIR}/per_iteration.parquet",
+        serving=list(SERVING_TABLES.values()) if SERVING else [],
         code="src/bls_dlrm/claims.py",
         protocol="config/protocol.yaml",
         protocol_schema="workflow/schemas/protocol.schema.yaml",
