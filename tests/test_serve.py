@@ -369,17 +369,19 @@ def test_find_capacity_writes_a_search_per_series(dataset, tmp_path, mpirun):
 @pytest.mark.parametrize(
     ("sets", "pattern"),
     [
-        (["serve.sizes={kind: poisson}"], r"serve\.sizes.*poisson"),
+        (["serve.sizes={kind: poisson}"], r"serve\.sizes\.kind: 'poisson'"),
         (["serve.loads=[0.5]"], r"rates.*loads"),  # rates come from the file
-        (["serve.sizes={kind: constant, samples: 64}"], r"query sizes.*max.batch"),
-        (["serve.sizes={kind: lognormal, median: 10, max: 40}"], r"query sizes.*max.batch"),
+        (["serve.sizes={kind: constant, samples: 64}"], r"serve\.sizes: .*max_batch 32"),
+        (["serve.sizes={kind: lognormal, median: 10, max: 40}"], r"serve\.sizes: .*max_batch"),
         (["serve.rates=null"], r"--rate, --loads or --find-capacity"),
         (["serve.rate=[3]"], r"serve\.rate\b"),
         (["serve.rates=[-1]"], r"serve\.rates"),
         (["serve.reference=bls"], r"serve\.reference"),
         (["serve.calibrate_iterations=0"], r"serve\.calibrate_iterations"),
         (["serve.capacity={probes: 0}"], r"serve\.capacity\.probes"),
-        (["serve.sizes={kind: lognormal, median: 10}"], r"query sizes.*max"),
+        (["serve.sizes={kind: lognormal, median: 10}"], r"serve\.sizes\.max: a lognormal"),
+        (["serve.duration_s=0"], r"serve\.duration_s: must be > 0"),
+        (["serve.max_wait_s=-1"], r"serve\.max_wait_s"),
     ],
 )
 def test_bad_serve_config_fails_before_mpi(sets, pattern, dataset, tmp_path, capsys):
@@ -416,3 +418,13 @@ def test_cli_rejects_bad_serve_config_with_exit_2_without_mpi(dataset, tmp_path)
     assert "serve.sizes" in result.stderr and "poisson" in result.stderr
     assert result.stdout.strip() == "no-mpi"
     assert not out.exists()
+
+
+def test_rate_and_loads_flags_exclude_each_other(tmp_path):
+    from bls_dlrm import serve
+
+    args = serve.build_parser().parse_args(
+        ["--out", str(tmp_path / "x"), "--set", "dataset=/x", "--rate", "100", "--loads", "0.5"]
+    )
+    with pytest.raises(serve.ConfigError, match="--rate and --loads"):
+        serve.load_serve_config(args)

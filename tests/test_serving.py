@@ -65,12 +65,12 @@ def test_query_sizes_follow_their_distribution(tmp_path):
 @pytest.mark.parametrize(
     ("sizes", "needle"),
     [
-        ({"kind": "poisson"}, "kind"),
-        ({"kind": "constant", "samples": 0}, "samples"),
-        ({"kind": "lognormal", "median": -1}, "median"),
-        ({"kind": "table"}, "path"),
+        ({"kind": "poisson"}, "sizes.kind"),
+        ({"kind": "constant", "samples": 0}, "sizes.samples"),
+        ({"kind": "lognormal", "median": -1}, "sizes.median"),
+        ({"kind": "table"}, "sizes.path"),
         ({"kind": "table", "path": "/nonexistent/sizes.txt"}, "cannot read"),
-        ({"kind": "constant", "bogus": 1}, "unknown key"),
+        ({"kind": "constant", "bogus": 1}, "sizes.bogus: unknown key"),
     ],
 )
 def test_bad_query_sizes_are_refused_by_name(sizes, needle):
@@ -79,9 +79,9 @@ def test_bad_query_sizes_are_refused_by_name(sizes, needle):
 
 
 def test_a_query_larger_than_a_batch_is_refused():
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit max_batch"):
         spec(sizes=QuerySizes("constant", samples=600)).validate()
-    with pytest.raises(ValueError, match="needs max"):
+    with pytest.raises(ValueError, match=r"sizes\.max: a lognormal needs max"):
         spec(sizes=QuerySizes("lognormal", median=10)).validate()
 
 
@@ -176,7 +176,8 @@ def test_summary_reports_percentiles_of_measured_queries_only():
             "warmup": np.r_[np.ones(10, bool), np.zeros(1000, bool)],
         }
     )
-    out = summarise(queries, duration_s=2.0)
+    out = summarise(queries, duration_s=2.0, warmup_s=1.0)
+    assert out["arrived_qps"] == pytest.approx(1000.0)
     assert out["queries"] == 1000
     assert out["p50_ms"] == pytest.approx(50.5, rel=1e-3)
     assert out["p99_ms"] == pytest.approx(np.percentile(lat[10:], 99) * 1e3)

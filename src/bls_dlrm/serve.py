@@ -111,7 +111,7 @@ class ServeConfig:
         try:
             return QuerySizes.from_dict(self.sizes)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"serve.sizes: {exc}") from None
+            raise ConfigError(f"serve.{exc}") from None
 
     def search(self) -> CapacitySearch | None:
         if self.capacity is None:
@@ -158,8 +158,10 @@ class ServeConfig:
             raise ConfigError("serve.calibrate_iterations: must be an integer >= 1")
         try:
             self.spec(1.0).validate()
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"serve: {exc}") from None
+            raise ConfigError(f"serve.{exc}") from None
         self.search()
 
 
@@ -257,7 +259,7 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     closed = sched.close <= spec.duration_s
     backlog = int(np.sum(closed & (latest_start > t_origin + spec.duration_s)))
     summary = (
-        summarise(queries, spec.duration_s)
+        summarise(queries, spec.duration_s, spec.warmup_s)
         | {
             "series": series.label,
             "rate_qps": float(rate),
@@ -524,6 +526,8 @@ def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
             node[keys[-1]] = value
         else:
             run_overrides.append(text)
+    if args.rate and args.loads:
+        raise ConfigError("--rate and --loads: give one of them, not both")
     if args.rate:
         serve_data["rates"], serve_data["loads"] = list(args.rate), None
     if args.loads:

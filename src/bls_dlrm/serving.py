@@ -47,34 +47,34 @@ class QuerySizes:
         data = dict(data or {})
         unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
         if unknown:
-            raise ValueError(f"query sizes: unknown key {unknown[0]!r}")
+            raise ValueError(f"sizes.{unknown[0]}: unknown key")
         sizes = cls(**data)
         sizes.validate()
         return sizes
 
     def validate(self) -> None:
         if self.kind not in SIZE_KINDS:
-            raise ValueError(f"query sizes: kind {self.kind!r} is not one of {SIZE_KINDS}")
+            raise ValueError(f"sizes.kind: {self.kind!r} is not one of {SIZE_KINDS}")
         if self.kind == "constant" and not (isinstance(self.samples, int) and self.samples >= 1):
-            raise ValueError(f"query sizes: samples must be an integer >= 1, got {self.samples!r}")
+            raise ValueError(f"sizes.samples: must be an integer >= 1, got {self.samples!r}")
         if self.kind == "lognormal" and (not self.median > 0 or not self.sigma >= 0):
-            raise ValueError("query sizes: lognormal needs median > 0 and sigma >= 0")
+            raise ValueError("sizes.median, sizes.sigma: a lognormal needs median > 0, sigma >= 0")
         if self.max is not None and self.max < 1:
-            raise ValueError(f"query sizes: max must be >= 1, got {self.max!r}")
+            raise ValueError(f"sizes.max: must be >= 1, got {self.max!r}")
         if self.kind == "table":
             if not self.path:
-                raise ValueError("query sizes: kind table needs path (one size per line)")
+                raise ValueError("sizes.path: kind table needs a file (one size per line)")
             self.table()
 
     def table(self) -> np.ndarray:
         try:
             values = np.loadtxt(self.path, dtype=np.float64, ndmin=1, comments="#")
         except OSError as exc:
-            raise ValueError(f"query sizes: cannot read {self.path}: {exc}") from None
+            raise ValueError(f"sizes.path: cannot read {self.path}: {exc}") from None
         except ValueError as exc:
-            raise ValueError(f"query sizes: {self.path}: not one number per line: {exc}") from None
+            raise ValueError(f"sizes.path: {self.path}: not one number per line: {exc}") from None
         if values.size == 0 or (values < 1).any() or (values != np.round(values)).any():
-            raise ValueError(f"query sizes: {self.path}: sizes must be integers >= 1")
+            raise ValueError(f"sizes.path: {self.path}: sizes must be integers >= 1")
         return values.astype(np.int64)
 
     def largest(self) -> int:
@@ -85,7 +85,7 @@ class QuerySizes:
             top = int(self.table().max())
             return min(top, self.max) if self.max else top
         if self.max is None:
-            raise ValueError("query sizes: a lognormal needs max (the largest query)")
+            raise ValueError("sizes.max: a lognormal needs max (the largest query)")
         return self.max
 
     def mean(self) -> float:
@@ -121,18 +121,18 @@ class ServeSpec:
         if not self.rate_qps > 0:
             raise ValueError(f"rate: must be > 0 queries/s, got {self.rate_qps!r}")
         if not self.duration_s > 0:
-            raise ValueError(f"duration: must be > 0 s, got {self.duration_s!r}")
+            raise ValueError(f"duration_s: must be > 0, got {self.duration_s!r}")
         if not 0 <= self.warmup_s < self.duration_s:
-            raise ValueError("warmup: must be >= 0 and shorter than the duration")
+            raise ValueError("warmup_s: must be >= 0 and shorter than duration_s")
         if not (isinstance(self.max_batch, int) and self.max_batch >= 1):
-            raise ValueError(f"max batch: must be an integer >= 1, got {self.max_batch!r}")
+            raise ValueError(f"max_batch: must be an integer >= 1, got {self.max_batch!r}")
         if not self.max_wait_s >= 0:
-            raise ValueError(f"max wait: must be >= 0 s, got {self.max_wait_s!r}")
+            raise ValueError(f"max_wait_s: must be >= 0, got {self.max_wait_s!r}")
         self.sizes.validate()
         if self.sizes.largest() > self.max_batch:
             raise ValueError(
-                f"query sizes: a query of up to {self.sizes.largest()} samples does not fit "
-                f"a batch of {self.max_batch}; lower the sizes' max or raise the max batch"
+                f"sizes: a query of up to {self.sizes.largest()} samples does not fit "
+                f"max_batch {self.max_batch}; lower sizes.max or raise max_batch"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,12 +297,12 @@ def query_latencies(
     )
 
 
-def summarise(queries: pd.DataFrame, duration_s: float) -> dict[str, float]:
-    """Achieved throughput and latency percentiles of the measured queries."""
+def summarise(queries: pd.DataFrame, duration_s: float, warmup_s: float = 0.0) -> dict[str, float]:
+    """Achieved throughput and latency percentiles of the measured queries (those arriving
+    in ``[warmup_s, duration_s)``)."""
     measured = queries[~queries["warmup"]]
     lat = measured["latency_s"].to_numpy()
-    warm = queries.loc[queries["warmup"], "arrival_s"]
-    window = duration_s - (float(warm.max()) if len(warm) else 0.0)
+    window = duration_s - warmup_s
     done = (measured["arrival_s"] + measured["latency_s"]).to_numpy()
     busy = float(done.max() - measured["arrival_s"].min()) if len(measured) else 0.0
     out = {
