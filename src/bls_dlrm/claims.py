@@ -94,6 +94,10 @@ SCHEMA_PATH = Path("workflow/schemas/protocol.schema.yaml")
 FIGURE_COMMAND = "snakemake --cores 2 figures/{name}.pdf"
 CLAIMS_COMMAND = "snakemake --cores 2 results/claims.md"
 RATIO_METRICS = ("throughput_ratio", "ideal_fraction")
+#: Metrics of the serving sweep (serving.parquet, capacity.parquet: bls_dlrm.serving).
+SERVING_METRICS = ("capacity_ratio", "p99_gain")
+#: The role of a serving launch's synchronous series in the serving tables.
+SYNC_ROLE = "sync"
 #: Columns that number repetitions, in order of preference.
 REPETITION_COLUMNS = ("config.repetition", "config.tags.rep", "repetition")
 
@@ -156,7 +160,8 @@ def load_protocol(
     for group in ("claims", "checks"):
         for i, entry in enumerate(data.get(group) or ()):
             names = entry.get("workloads")
-            if entry.get("metric") in RATIO_METRICS and isinstance(names, list):
+            timed = (*RATIO_METRICS, *SERVING_METRICS)
+            if entry.get("metric") in timed and isinstance(names, list):
                 bad = sorted(stress & set(names))
                 if bad:
                     raise ProtocolError(
@@ -387,9 +392,7 @@ def _judge_ratio(
         seed=int(st["seed"]),
     )
     verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
-    if n < int(st["min_repetitions"]) and verdict != INCONCLUSIVE:
-        note = ", ".join(x for x in (note, f"{n} of {st['min_repetitions']} repetitions") if x)
-        verdict = INCONCLUSIVE
+    verdict, note = _enough(n, verdict, note, entry, st)
     return Judgement(
         workload=workload,
         series=series,
@@ -402,6 +405,80 @@ def _judge_ratio(
         ideal=float(ideal.median()) if len(ideal) else math.nan,
         note=note,
     )
+
+
+def _enough(n: int, verdict: str, note: str, entry: Mapping[str, Any], st: Mapping[str, Any]):
+    """Fewer repetitions than the entry's (else the protocol's) minimum: inconclusive."""
+    least = int(entry.get("min_repetitions", st["min_repetitions"]))
+    if n < least and verdict != INCONCLUSIVE:
+        note = ", ".join(x for x in (note, f"{n} of {least} repetitions") if x)
+        verdict = INCONCLUSIVE
+    return verdict, note
+
+
+def _judge_serving(
+    serving: Mapping[str, pd.DataFrame] | None,
+    workload: str,
+    lag: int,
+    entry: Mapping[str, Any],
+    protocol: Mapping[str, Any],
+) -> Judgement:
+    """A serving metric of ``bls L=<lag>`` against the synchronous series of the same
+    launch, paired by repetition.
+
+    ``capacity_ratio``: capacity at the SLO, BLS / sync. A capacity whose search found no
+    passing rate counts as its lowest failing probe (an upper bound), which is said in the
+    note. ``p99_gain``: p99 query latency at the entry's ``load``, sync / BLS.
+    """
+    st = protocol["statistics"]
+    series = bp.series_label("bls", lag)
+    empty = Judgement(workload, series, SYNC_ROLE, 0, math.nan, math.nan, math.nan, NOT_TESTED)
+    metric = entry["metric"]
+    table = (serving or {}).get("capacity" if metric == "capacity_ratio" else "serving")
+    if table is None or table.empty:
+        empty.note = "no serving runs in this sweep"
+        return empty
+    df = table[table["workload"] == workload]
+    note = ""
+    if metric == "capacity_ratio":
+        value = df["capacity_qps"].astype("float64")
+        below = df.get("below_qps", pd.Series(math.nan, index=df.index)).astype("float64")
+        bounded = value.isna() & below.notna()
+        if bounded.any():
+            note = f"{int(bounded.sum())} capacities are upper bounds (no probe passed)"
+        df = df.assign(value=value.fillna(below))
+    else:
+        df = df[(df["load"] - float(entry["load"])).abs() < 1e-9].assign(value=df["p99_ms"])
+    if df.empty:
+        empty.note = "no serving runs of this workload" + (
+            f" at load {entry['load']:g}" if metric == "p99_gain" else ""
+        )
+        return empty
+    wide = df.pivot_table(index="repetition", columns="role", values="value")
+    if series not in wide.columns or SYNC_ROLE not in wide.columns:
+        empty.note = f"no {series} or no synchronous serving run"
+        return empty
+    pair = wide[[series, SYNC_ROLE]].dropna()
+    pair = pair[(pair > 0).all(axis=1)]
+    refs = sorted(set(df["reference"].dropna()))
+    base = f"sync ({', '.join(refs)})" if refs else SYNC_ROLE
+    if pair.empty:
+        empty.baseline, empty.note = base, "no repetition with both series"
+        return empty
+    num, den = pair[series], pair[SYNC_ROLE]
+    if metric == "p99_gain":
+        num, den = den, num
+    point, low, high = stats.ratio_ci(
+        num.to_numpy(),
+        den.to_numpy(),
+        paired=True,
+        confidence=float(st["confidence"]),
+        n_resamples=int(st["n_resamples"]),
+        seed=int(st["seed"]),
+    )
+    verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
+    verdict, note = _enough(len(pair), verdict, note, entry, st)
+    return Judgement(workload, series, base, len(pair), point, low, high, verdict, note=note)
 
 
 def _figure_command(entry: Mapping[str, Any]) -> str:
@@ -441,16 +518,31 @@ def _margin(j: Judgement, threshold: Mapping[str, Any]) -> float:
     return float(threshold["value"]) - j.high
 
 
-def _ratio_claim(runs: pd.DataFrame, entry: Mapping[str, Any], protocol: Mapping) -> Claim:
+def _ratio_claim(
+    runs: pd.DataFrame,
+    entry: Mapping[str, Any],
+    protocol: Mapping,
+    serving: Mapping[str, pd.DataFrame] | None = None,
+) -> Claim:
     claim = _base_claim(entry)
     confidence = float(protocol["statistics"]["confidence"])
     claim.threshold = stats.describe_threshold(entry["threshold"], what=f"{confidence:.0%} CI")
-    names = _workloads(runs, entry["workloads"])
-    js = [
-        _judge_ratio(runs, w, int(lag), entry, protocol)
-        for w in names
-        for lag in entry["lag_bounds"]
-    ]
+    if entry["metric"] in SERVING_METRICS:
+        names = list(entry["workloads"])
+        js = [
+            _judge_serving(serving, w, int(lag), entry, protocol)
+            for w in names
+            for lag in entry["lag_bounds"]
+        ]
+        if "load" in entry:
+            claim.threshold += f" (at {entry['load']:g} x the synchronous capacity)"
+    else:
+        names = _workloads(runs, entry["workloads"])
+        js = [
+            _judge_ratio(runs, w, int(lag), entry, protocol)
+            for w in names
+            for lag in entry["lag_bounds"]
+        ]
     claim.judgements = js
     claim.verdict = combine([j.verdict for j in js])
     parts = []
@@ -586,11 +678,12 @@ def _judge(
     per_iteration: pd.DataFrame | None,
     entry: Mapping[str, Any],
     protocol: Mapping[str, Any],
+    serving: Mapping[str, pd.DataFrame] | None = None,
 ) -> Claim:
     if "not_tested" in entry:
         return _not_tested_claim(entry)
-    if entry["metric"] in RATIO_METRICS:
-        return _ratio_claim(runs, entry, protocol)
+    if entry["metric"] in (*RATIO_METRICS, *SERVING_METRICS):
+        return _ratio_claim(runs, entry, protocol, serving)
     return _accuracy_claim(runs, per_iteration, entry, protocol)
 
 
@@ -598,22 +691,26 @@ def evaluate(
     runs: pd.DataFrame,
     per_iteration: pd.DataFrame | None = None,
     protocol: Mapping[str, Any] | None = None,
+    serving: Mapping[str, pd.DataFrame] | None = None,
 ) -> list[Claim]:
-    """Judge the protocol's claims (in its order) on a runs table (raw or annotated)."""
+    """Judge the protocol's claims (in its order) on a runs table (raw or annotated) and,
+    for the serving metrics, the serving sweep's tables (``{"serving": ..., "capacity":
+    ...}``; None: those parts are not tested here)."""
     protocol = protocol if protocol is not None else load_protocol()
     runs = _slim(runs, protocol)
-    return [_judge(runs, per_iteration, e, protocol) for e in protocol["claims"]]
+    return [_judge(runs, per_iteration, e, protocol, serving) for e in protocol["claims"]]
 
 
 def evaluate_checks(
     runs: pd.DataFrame,
     per_iteration: pd.DataFrame | None = None,
     protocol: Mapping[str, Any] | None = None,
+    serving: Mapping[str, pd.DataFrame] | None = None,
 ) -> list[Claim]:
     """The protocol's reported checks (not claims of the paper), judged the same way."""
     protocol = protocol if protocol is not None else load_protocol()
     runs = _slim(runs, protocol)
-    return [_judge(runs, per_iteration, e, protocol) for e in protocol.get("checks") or ()]
+    return [_judge(runs, per_iteration, e, protocol, serving) for e in protocol.get("checks") or ()]
 
 
 def exploration(runs: pd.DataFrame, protocol: Mapping[str, Any]) -> pd.DataFrame:
@@ -1108,8 +1205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_path = args.tables / "per_iteration.parquet"
     if per_path.is_file():
         per_iteration = pd.read_parquet(per_path, columns=["run_id", "iteration", "checksum"])
-    claims = evaluate(runs, per_iteration, protocol)
-    checks = evaluate_checks(runs, per_iteration, protocol)
+    serving = None
+    if all((args.tables / f"{name}.parquet").is_file() for name in ("serving", "capacity")):
+        serving = {
+            n: pd.read_parquet(args.tables / f"{n}.parquet") for n in ("serving", "capacity")
+        }
+    claims = evaluate(runs, per_iteration, protocol, serving)
+    checks = evaluate_checks(runs, per_iteration, protocol, serving)
     machine = machine_info(runs)
     sweep = sweep_info(runs)
     text = render_markdown(
