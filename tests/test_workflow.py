@@ -190,8 +190,8 @@ def test_default_config_is_the_2_core_sweep():
     stats = job_stats(text)
     # Already finished launches are not listed again; a fresh checkout lists them all.
     assert stats.get("run_2ranks", 0) <= 55 and stats.get("run_4ranks", 0) <= 5
-    # 6 workloads x 5 reps + balanced and unbalanced x 15 reps, 7 series each
-    assert len(launches) == 60 and len(expected_design(cfg)) == 420
+    # 6 workloads x 5 reps + balanced and unbalanced x 15 reps, 6 series each
+    assert len(launches) == 60 and len(expected_design(cfg)) == 360
     assert cfg["ranks"] == [2] and cfg["run"]["binding"] == "core"
     assert cfg["repetitions"] >= 5 and cfg["run"]["iterations"] >= 300
     reps = {s["name"]: s.get("repetitions") or cfg["repetitions"] for s in cfg["scenarios"]}
@@ -362,6 +362,24 @@ def test_smoke_sweep_makes_the_tables_and_resumes_only_what_is_missing(tmp_path)
     for h in headers:
         assert order[h["series_index"]] == h["config"]["series_label"]
         assert h["binding"] == "core" and h["cores_per_rank"] == 1
+
+    # The serving launch: its report and one row per offered load and served series (the
+    # calibrated synchronous series and each BLS lag bound), one capacity per series.
+    serving_cfg = cfg["serving"]
+    (workload,) = serving_cfg["workloads"]
+    report = json.loads(
+        (work / f"results/serving/scenario~{workload}/rep~0/serve.json").read_text()
+    )
+    assert report["calibration"]["series"] in {
+        s.replace("bls:", "bls-L") for s in serving_cfg["synchronous"]
+    }
+    served = 1 + len(serving_cfg["lag_bounds"])
+    serving = pd.read_parquet(work / "results/tables/serving.parquet")
+    assert len(serving) == len(serving_cfg["loads"]) * served
+    assert set(serving["role"]) == {"sync"} | {f"bls L={lag}" for lag in serving_cfg["lag_bounds"]}
+    assert (serving["p50_ms"] <= serving["p99_ms"]).all() and (serving["p50_ms"] > 0).all()
+    capacity = pd.read_parquet(work / "results/tables/capacity.parquet")
+    assert len(capacity) == served and set(capacity["workload"]) == {workload}
 
     # Interrupt one launch: one series' last rank log is gone, a partial one is left.
     victim = next(d for d in design if d["collective"] == "bls" and d["lag_bound"] > 0)

@@ -539,6 +539,97 @@ def figure_style():
     return (config.get("figures") or {}).get("style", "paper")
 
 
+# -- the serving sweep (config section `serving`; rules in serving.smk) ---------------
+
+SERVING = config.get("serving")
+SERVING_DIR = "results/serving"
+SERVING_PATTERN = "scenario~{scenario}/rep~{rep}"
+SERVE_JSON = f"{SERVING_DIR}/{SERVING_PATTERN}/serve.json"
+SERVING_TABLES = {
+    name: f"{TABLES_DIR}/{name}.parquet" for name in ("serving", "capacity")
+}
+
+
+if SERVING:
+    for _name in SERVING["workloads"]:
+        if _name not in SCENARIOS:
+            raise config_error(
+                "serving.workloads",
+                f"{_name!r} is not a scenario; known: {', '.join(sorted(SCENARIOS))}",
+            )
+
+
+class _Axes(dict):
+    """Wildcards of a closed-loop launch (item and attribute access), for run_config."""
+
+    __getattr__ = dict.__getitem__
+
+
+def serving_axes(wildcards):
+    return _Axes(
+        scenario=wildcards.scenario,
+        ranks=str(SERVING["ranks"]),
+        model=config["models"][0]["name"],
+        seed=str(config["seeds"][0]),
+        rep=wildcards.rep,
+    )
+
+
+def serving_reports():
+    """Every serving launch's report (none without a `serving` section)."""
+    if not SERVING:
+        return []
+    return [
+        SERVE_JSON.format(scenario=name, rep=rep)
+        for name in SERVING["workloads"]
+        for rep in range(SERVING["repetitions"])
+    ]
+
+
+def serve_config_yaml(wildcards):
+    """Params function: the `bls-dlrm serve` config (run keys + `serve`) as YAML text."""
+    axes = serving_axes(wildcards)
+    cfg = run_config(axes)
+    cfg["series"] = [f"bls:{lag}" for lag in SERVING["lag_bounds"]]
+    cfg["run_id"] = f"serving/{SERVING_PATTERN.format(**wildcards)}"
+    keys = ("loads", "duration_s", "warmup_s", "sizes", "max_batch", "max_wait_s")
+    cfg["serve"] = {key: SERVING[key] for key in keys} | {
+        "reference": list(SERVING["synchronous"]),
+        "serve_reference": True,
+        "calibrate_iterations": SERVING["calibrate_iterations"],
+        # every repetition draws its own arrivals; the seed is in the log
+        "seed": 1000 * int(axes["seed"]) + int(wildcards.rep),
+        "capacity": SERVING["capacity"],
+    }
+    return yaml.dump(cfg, Dumper=YAML_DUMPER, sort_keys=False).rstrip("\n")
+
+
+def serve_dataset_manifest(wildcards):
+    return run_dataset_manifest(serving_axes(wildcards))
+
+
+def serve_bind_flag(wildcards):
+    return run_bind_flag(serving_axes(wildcards))
+
+
+def serve_runtime(wildcards):
+    """Minutes to ask a scheduler for: calibrations, loads and capacity probes, x safety."""
+    s = SERVING
+    probes = s["capacity"]["probes"] if s.get("capacity") else 0
+    series = 1 + len(s["lag_bounds"])
+    seconds = (
+        config["estimate"]["startup_s"]
+        + len(s["synchronous"]) * 5
+        + series * (len(s["loads"]) + probes + 1) * (1.3 * s["duration_s"] + 1)
+    )
+    return max(2, math.ceil(seconds * config["estimate"]["safety"] / 60))
+
+
+def serving_tables_dir(wildcards, output):
+    """Params function: the folder `bls-dlrm serve-tables` writes into."""
+    return str(Path(output.serving).parent)
+
+
 def figure_targets():
     """Every figure file the default target builds (PDF and PNG of each figure)."""
     return [f"{FIG_DIR}/{name}.{ext}" for name in FIGURES for ext in FIG_FORMATS]

@@ -49,3 +49,5 @@ rule sweep:
         ALL_RANK_LOGS,
         DESIGN_CSV,
         TABLE_FILES.values(),
+        serving_reports(),
+        SERVING_TABLES.values() if SERVING else [],
