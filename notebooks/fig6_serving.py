@@ -175,6 +175,8 @@ for ax, workload in zip(axes, workloads, strict=False):
     ax.set_xlabel("offered load / sync capacity")
 axes[0].set_ylabel("query latency (ms)")
 if not serving.empty:
+    bp.set_plain_log_axis(axes[0], "y")  # shared y: plain ms ticks on every panel
+if not serving.empty:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(
         handles,
