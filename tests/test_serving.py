@@ -182,3 +182,13 @@ def test_summary_reports_percentiles_of_measured_queries_only():
     assert out["p50_ms"] == pytest.approx(50.5, rel=1e-3)
     assert out["p99_ms"] == pytest.approx(np.percentile(lat[10:], 99) * 1e3)
     assert out["p99_9_ms"] <= 100.0 + 1e-9
+
+
+def test_serve_help_documents_every_key():
+    from bls_dlrm.serve import CapacitySearch, ServeConfig, build_parser
+
+    text = build_parser().format_help()
+    for name in [*ServeConfig.__dataclass_fields__, *CapacitySearch.__dataclass_fields__]:
+        assert name in text, name
+    for flag in ("--rate", "--loads", "--duration", "--find-capacity", "--slo-ms", "--percentile"):
+        assert flag in text, flag

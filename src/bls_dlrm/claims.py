@@ -383,16 +383,7 @@ def _judge_ratio(
         empty.baseline = base
         empty.note = "no repetition with both series"
         return empty
-    point, low, high = stats.ratio_ci(
-        num.to_numpy(),
-        den.to_numpy(),
-        paired=paired,
-        confidence=float(st["confidence"]),
-        n_resamples=int(st["n_resamples"]),
-        seed=int(st["seed"]),
-    )
-    verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
-    verdict, note = _enough(n, verdict, note, entry, st)
+    point, low, high, verdict, note = _interval(num, den, paired, n, note, entry, st)
     return Judgement(
         workload=workload,
         series=series,
@@ -407,13 +398,25 @@ def _judge_ratio(
     )
 
 
-def _enough(n: int, verdict: str, note: str, entry: Mapping[str, Any], st: Mapping[str, Any]):
-    """Fewer repetitions than the entry's (else the protocol's) minimum: inconclusive."""
+def _interval(num, den, paired: bool, n: int, note: str, entry, st):
+    """The ratio's bootstrap interval and its verdict: ``(point, low, high, verdict, note)``.
+
+    Fewer repetitions than the entry's (else the protocol's) minimum make the verdict at
+    best inconclusive, said in the note."""
+    point, low, high = stats.ratio_ci(
+        num.to_numpy(),
+        den.to_numpy(),
+        paired=paired,
+        confidence=float(st["confidence"]),
+        n_resamples=int(st["n_resamples"]),
+        seed=int(st["seed"]),
+    )
+    verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
     least = int(entry.get("min_repetitions", st["min_repetitions"]))
     if n < least and verdict != INCONCLUSIVE:
         note = ", ".join(x for x in (note, f"{n} of {least} repetitions") if x)
         verdict = INCONCLUSIVE
-    return verdict, note
+    return point, low, high, verdict, note
 
 
 def _judge_serving(
@@ -468,16 +471,7 @@ def _judge_serving(
     num, den = pair[series], pair[SYNC_ROLE]
     if metric == "p99_gain":
         num, den = den, num
-    point, low, high = stats.ratio_ci(
-        num.to_numpy(),
-        den.to_numpy(),
-        paired=True,
-        confidence=float(st["confidence"]),
-        n_resamples=int(st["n_resamples"]),
-        seed=int(st["seed"]),
-    )
-    verdict = stats.verdict(low, high, entry["threshold"], rtol=float(st["rtol"]))
-    verdict, note = _enough(len(pair), verdict, note, entry, st)
+    point, low, high, verdict, note = _interval(num, den, True, len(pair), note, entry, st)
     return Judgement(workload, series, base, len(pair), point, low, high, verdict, note=note)
 
 

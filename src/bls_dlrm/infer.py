@@ -797,12 +797,9 @@ def keys_help() -> str:
 """
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="bls-dlrm infer")
-    p.description = __doc__
-    p.epilog = keys_help()
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--config", type=Path, help="YAML run config (run keys: below)")
+def add_config_arguments(p: argparse.ArgumentParser, config_help: str, out_help: str) -> None:
+    """``--config FILE``, ``--set KEY=VALUE`` (repeatable) and ``--out DIR``."""
+    p.add_argument("--config", type=Path, help=config_help)
     p.add_argument(
         "--set",
         dest="overrides",
@@ -811,7 +808,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         metavar="KEY=VALUE",
         help="override a config key (dotted for nested, value as YAML)",
     )
-    p.add_argument("--out", type=Path, required=True, help="run folder for the logs")
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="bls-dlrm infer")
+    p.description = __doc__
+    p.epilog = keys_help()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_config_arguments(p, "YAML run config (run keys: below)", "run folder for the logs")
     p.add_argument("--predictions", type=Path, help="also save predictions (.npy per rank)")
     p.add_argument(
         "--progress",

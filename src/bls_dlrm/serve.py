@@ -51,7 +51,14 @@ from typing import Any
 import numpy as np
 
 from . import theory
-from .infer import ConfigError, RunConfig, Series, _say_once, load_config
+from .infer import (
+    ConfigError,
+    RunConfig,
+    Series,
+    _say_once,
+    add_config_arguments,
+    load_config,
+)
 from .serving import QuerySizes, Schedule, ServeSpec, query_latencies, schedule, summarise
 
 #: Start margin: the broadcast start instant lies this far after rank 0's clock reading.
@@ -468,20 +475,44 @@ def _say(message: str) -> None:
 # -- command line ------------------------------------------------------------------------
 
 
+def keys_help() -> str:
+    """The ``serve`` keys with their defaults (the epilog of ``serve --help``)."""
+    d, c = ServeConfig(), CapacitySearch()
+    return f"""serve keys (section `serve` of the YAML file, or --set serve.KEY=VALUE):
+  rates                 offered rates, queries/s (or --rate Q, repeatable)
+  loads                 or: fractions of the reference capacity (--loads 0.3,1.0)
+  reference             a series or a list of candidates, e.g. [gloo, mpi, "bls:0"]: each
+                        is calibrated closed loop; the highest capacity is the reference
+                        (default {d.reference})
+  serve_reference       also serve the reference series (default {str(d.serve_reference).lower()})
+  calibrate_iterations  closed-loop full batches per calibration (default {d.calibrate_iterations})
+  duration_s            seconds of arrivals per run, warm-up included (default {d.duration_s:g})
+  warmup_s              queries arriving earlier are not measured (default {d.warmup_s:g})
+  sizes                 samples per query: {{kind: constant, samples}}, {{kind: lognormal,
+                        median, sigma, max}} or {{kind: table, path, max}} (one size per
+                        line, drawn uniformly) (default {d.sizes})
+  max_batch             a batch closes at this many samples ... (default {d.max_batch})
+  max_wait_s            ... or this long after its first query (default {d.max_wait_s:g})
+  seed                  seed of arrivals and sizes (default {d.seed})
+  capacity              capacity search (or --find-capacity): slo_ms (default {c.slo_ms:g}),
+                        percentile ({c.percentile:g}), probes ({c.probes}), low, high (the
+                        search interval, fractions of the series' closed-loop capacity:
+                        {c.low:g}, {c.high:g})
+The run keys (dataset, model, plan, series, delay, ...) are those of `bls-dlrm infer --help`;
+`series` lists the series served besides the reference.
+"""
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="bls-dlrm serve")
     p.description = __doc__
+    p.epilog = keys_help()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--config", type=Path, help="YAML run config (infer's keys plus `serve`)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, dotted (serve.duration_s=3)",
+    add_config_arguments(
+        p,
+        "YAML run config: infer's keys plus `serve` (serve.duration_s=3 with --set)",
+        "folder for the logs and serve.json",
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for logs and serve.json")
     p.add_argument(
         "--rate",
         type=float,
