@@ -1,7 +1,8 @@
-"""The claims table and the paper's macros, judged by the protocol on runs tables built by hand.
+"""The claims table and the paper's macros, judged by the protocol on tables built by hand.
 
-Tables carry only the columns ``bls_dlrm.claims`` reads, named as ``bls_dlrm.tables`` names
-them. Most sweeps here repeat each value exactly, so the bootstrap interval is the point
+Runs tables carry only the columns ``bls_dlrm.claims`` reads, named as ``bls_dlrm.tables``
+names them; serving tables come from ``bls_dlrm.serving.sweep_tables`` on reports made
+here. Most sweeps here repeat each value exactly, so the bootstrap interval is the point
 itself and a claim can be put exactly at, or just beyond, its threshold.
 """
 
@@ -19,11 +20,15 @@ import yaml
 
 from bls_dlrm import claims as cl
 from bls_dlrm.plotting import annotate_runs, palette, series_label, series_sort_key
+from bls_dlrm.serving import sweep_tables
+from bls_dlrm.stats import ratio_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = cl.load_protocol(ROOT / "config" / "protocol.yaml")
 REPS = PROTOCOL["statistics"]["min_repetitions"]
 SYNC = ("gloo", "mpi", "L0")
+#: Position of claim (d) in the protocol's claims.
+D = next(i for i, c in enumerate(PROTOCOL["claims"]) if c["key"] == "d")
 
 
 def run(
@@ -133,10 +138,12 @@ def verdicts(runs: pd.DataFrame, protocol: dict | None = None) -> dict[str, str]
     return {k: c.verdict for k, c in judged(runs, protocol).items()}
 
 
+#: The closed-loop sweep alone: the serving parts of (b) have no serving tables to judge.
 ALL_SUPPORTED = {
     "a": cl.SUPPORTED,
     "b throughput": cl.SUPPORTED,
-    "b latency": cl.NOT_TESTED,
+    "b latency, capacity": cl.NOT_TESTED,
+    "b latency, p99": cl.NOT_TESTED,
     "c": cl.SUPPORTED,
     "d": cl.SUPPORTED,
     "e": cl.SUPPORTED,
@@ -149,8 +156,8 @@ ALL_SUPPORTED = {
 
 def test_protocol_file_is_valid_and_names_every_claim():
     keys = [(c["key"], c.get("part", "")) for c in PROTOCOL["claims"]]
-    assert [k for k, _ in keys] == ["a", "b", "b", "c", "d", "e"]
-    assert [p for _, p in keys][1:3] == ["throughput", "latency"]
+    assert [k for k, _ in keys] == ["a", "b", "b", "b", "c", "d", "e"]
+    assert [p for _, p in keys][1:4] == ["throughput", "latency, capacity", "latency, p99"]
     assert PROTOCOL["statistics"]["confidence"] == 0.95
     assert PROTOCOL["statistics"]["min_repetitions"] >= 5
     assert PROTOCOL["synchronous"]["series"] == ["gloo", "mpi", "bls L=0"]
@@ -218,8 +225,8 @@ def test_verdicts_follow_the_protocol_not_the_code():
     assert verdicts(runs) == ALL_SUPPORTED
     tight = copy.deepcopy(PROTOCOL)
     tight["claims"][0]["threshold"] = {"op": "within", "low": 0.98, "high": 1.02}
-    tight["claims"][4]["threshold"] = {"op": ">", "value": 2.0}
-    tight["claims"][4]["lag_bounds"] = [4]
+    tight["claims"][D]["threshold"] = {"op": ">", "value": 2.0}
+    tight["claims"][D]["lag_bounds"] = [4]
     v = verdicts(runs, tight)
     assert v["a"] == cl.NOT_SUPPORTED  # 1.04 is outside a ±2 % band
     assert v["d"] == cl.NOT_SUPPORTED  # L=4 gives 1.7, and 2.0 is asked
@@ -239,7 +246,7 @@ def test_cli_reads_the_protocol_it_is_given(tmp_path):
     tables.mkdir()
     good_sweep().to_parquet(tables / "runs.parquet")
     strict = copy.deepcopy(PROTOCOL)
-    strict["claims"][4]["threshold"] = {"op": ">", "value": 5.0}  # claim (d) at 5x
+    strict["claims"][D]["threshold"] = {"op": ">", "value": 5.0}  # claim (d) at 5x
     path = _write_protocol(tmp_path, strict)
     out, macros = tmp_path / "claims.md", tmp_path / "macros.tex"
     argv = ["--tables", str(tables), "--out", str(out), "--macros", str(macros)]
@@ -260,7 +267,7 @@ def test_cli_refuses_a_broken_protocol(tmp_path, capsys):
 def test_figure_thresholds_come_from_the_protocol(monkeypatch):
     changed = copy.deepcopy(PROTOCOL)
     changed["claims"][0]["threshold"] = {"op": "within", "low": 0.9, "high": 1.1}
-    changed["claims"][4]["threshold"] = {"op": ">", "value": 2.5}
+    changed["claims"][D]["threshold"] = {"op": ">", "value": 2.5}
     monkeypatch.setattr(cl, "load_protocol", lambda *a, **k: changed)
     assert abs(cl.BALANCED_TOLERANCE - 0.1) < 1e-12
     assert cl.SPEEDUP_CLAIM == 2.5
@@ -280,7 +287,12 @@ def test_good_sweep_supports_every_claim_and_check():
     assert claims["c"].numbers["Point"] == f"{1.40 / 1.45:.2f}"
     assert claims["c"].numbers["Ideal"] == "1.45"
     checks = cl.evaluate_checks(runs, protocol=PROTOCOL)
-    assert [c.verdict for c in checks] == [cl.SUPPORTED, cl.SUPPORTED]
+    assert {c.key: c.verdict for c in checks} == {
+        "straggler-no-gain": cl.SUPPORTED,
+        "light-load-no-cost": cl.NOT_TESTED,  # serving checks: no serving tables here
+        "balanced-capacity": cl.NOT_TESTED,
+        "unbalanced-no-gain": cl.SUPPORTED,
+    }
 
 
 @pytest.mark.parametrize(
@@ -379,14 +391,6 @@ def test_pairing_by_repetition_removes_shared_machine_state():
     assert claim_u.verdict == cl.INCONCLUSIVE  # the spread across repetitions remains
 
 
-def test_latency_half_of_b_is_not_tested_here():
-    claims = judged(good_sweep())
-    lat = claims["b latency"]
-    assert lat.verdict == cl.NOT_TESTED
-    assert "open-loop" in lat.measured
-    assert lat.numbers == {"Verdict": cl.NOT_TESTED, "Reason": lat.measured}
-
-
 def test_missing_workloads_are_not_tested_and_partial_ones_inconclusive():
     runs = good_sweep()
     no_random = runs[runs["config.tags.scenario"] != "random"]
@@ -454,6 +458,382 @@ def test_empty_runs_table():
 
 
 # --------------------------------------------------------------------------------------
+# (b) latency and the serving checks: the serving sweep's tables
+#
+# Tables come from bls_dlrm.serving.sweep_tables on serve.json reports made here: per
+# workload and repetition, the launch's reference series (role "sync"), bls L=4 (judged)
+# and bls L=8 (never judged: five times better everywhere, so picking it would show).
+
+SERVE_LOADS = (0.3, 0.6, 1.0)
+
+
+def _entry_of(key: str, part: str = "") -> dict:
+    return next(
+        e
+        for e in [*PROTOCOL["claims"], *PROTOCOL.get("checks", [])]
+        if e["key"] == key and e.get("part", "") == part
+    )
+
+
+CAPACITY = _entry_of("b", "latency, capacity")
+P99 = _entry_of("b", "latency, p99")
+SERVE_REPS = CAPACITY["min_repetitions"]
+
+
+def _found(qps: float | None, below: float | None, ref_qps: float) -> dict:
+    """One series' capacity search in a report (None: no probe passed, below_qps failed)."""
+    return {
+        "capacity_qps": qps,
+        "below_qps": below,
+        "resolution_qps": 0.01 * ref_qps,
+        "closed_loop_qps": ref_qps,
+        "ideal_sync_qps": 1.1 * ref_qps,
+        "ideal_unbounded_qps": 2.0 * ref_qps,
+        "slo_ms": 60.0,
+        "percentile": 99.0,
+        "probes": [{"passed": qps is not None}] * 6,
+    }
+
+
+def launch(
+    sync_qps: float | None,
+    bls_qps: float | None,
+    p99: dict[float, tuple[float, float]],
+    *,
+    reference: str = "mpi",
+    ref_qps: float = 1000.0,
+    below: dict[str, float] | None = None,
+) -> dict:
+    """One serving launch's report: capacities of the reference and bls-L4 (None: no probe
+    passed; then ``below["sync"]`` or ``below["bls"]`` is the lowest failing rate) and, per offered
+    load, (sync p99, bls L=4 p99) in ms."""
+    below = below or {}
+    runs = []
+    for k, (load, (sync_ms, bls_ms)) in enumerate(p99.items()):
+        for label, ms in ((reference, sync_ms), ("bls-L4", bls_ms), ("bls-L8", sync_ms / 5)):
+            runs.append(
+                {
+                    "series": label,
+                    "rate_qps": load * ref_qps,
+                    "load": load,
+                    "load_index": k,
+                    "p50_ms": ms / 3,
+                    "p90_ms": ms / 2,
+                    "p99_ms": ms,
+                    "p99_9_ms": ms * 1.5,
+                    "stable": True,
+                    "run_dir": f"{label}/load~{k}",
+                }
+            )
+    return {
+        "ranks": 2,
+        "calibration": {
+            "series": reference,
+            "capacity_qps": ref_qps,
+            "ideal_sync_qps": 1.1 * ref_qps,
+            "ideal_unbounded_qps": 2.0 * ref_qps,
+        },
+        "runs": runs,
+        "capacity": {
+            reference: _found(sync_qps, below.get("sync"), ref_qps),
+            "bls-L4": _found(bls_qps, below.get("bls"), ref_qps),
+            "bls-L8": _found(5 * (sync_qps or ref_qps), None, ref_qps),
+        },
+    }
+
+
+def serving_sweep(reps: int = SERVE_REPS, **override: tuple) -> dict[str, pd.DataFrame]:
+    """Every serving workload of the protocol, each supporting its claims and checks:
+    ``workload=(capacity ratio BLS/sync, {load: p99 gain sync/BLS})``; every repetition
+    scales all series alike (pairing removes it, so each interval is its point)."""
+    spec = {
+        "balanced": (1.0, {0.3: 1.0, 0.6: 1.0, 1.0: 1.0}),
+        "rotating-2.5x": (1.4, {0.3: 1.0, 0.6: 1.3, 1.0: 2.0}),
+        "skew-pooling": (1.2, {0.3: 0.98, 0.6: 1.2, 1.0: 1.5}),
+    }
+    spec |= {k.replace("_", "-"): v for k, v in override.items()}
+    reports = {}
+    for name, (ratio, gains) in spec.items():
+        for rep in range(reps):
+            scale = 1.0 + 0.3 * rep
+            p99 = {
+                load: (20 * scale * (1 + load), 20 * scale * (1 + load) / g)
+                for load, g in gains.items()
+            }
+            reports[(name, rep)] = launch(
+                800 * scale, 800 * scale * ratio, p99, ref_qps=1000 * scale
+            )
+    return sweep_tables(reports)
+
+
+def serving_judged(serving, runs: pd.DataFrame | None = None) -> dict[str, cl.Claim]:
+    """Claims and checks, by label, judged on a closed-loop sweep and serving tables."""
+    runs = good_sweep() if runs is None else runs
+    out = cl.evaluate(runs, protocol=PROTOCOL, serving=serving)
+    out += cl.evaluate_checks(runs, protocol=PROTOCOL, serving=serving)
+    return {c.label.strip("()").replace(") ", " "): c for c in out}
+
+
+SERVING_PARTS = ("b latency, capacity", "b latency, p99", "light-load-no-cost", "balanced-capacity")
+
+
+def _interval(num, den) -> tuple[float, float, float]:
+    st = PROTOCOL["statistics"]
+    return ratio_ci(
+        num,
+        den,
+        paired=True,
+        confidence=st["confidence"],
+        n_resamples=st["n_resamples"],
+        seed=st["seed"],
+    )
+
+
+def _custom(workload: str, reports: list[dict]) -> dict[str, pd.DataFrame]:
+    """The good serving sweep with ``workload`` replaced by the given launches."""
+    base = serving_sweep()
+    mine = sweep_tables({(workload, rep): r for rep, r in enumerate(reports)})
+    return {
+        name: pd.concat([base[name][base[name]["workload"] != workload], mine[name]])
+        for name in base
+    }
+
+
+def test_serving_protocol_entries():
+    # Read through load_protocol, i.e. valid against the schema.
+    assert CAPACITY["metric"] == "capacity_ratio" and "load" not in CAPACITY
+    assert P99["metric"] == "p99_gain" and P99["load"] in SERVE_LOADS
+    assert _entry_of("light-load-no-cost")["load"] in SERVE_LOADS
+    assert _entry_of("balanced-capacity")["metric"] == "capacity_ratio"
+    for entry in (CAPACITY, P99):
+        assert entry["figure"] == "fig6_serving" and entry["lag_bounds"] == [4]
+        assert entry["min_repetitions"] < PROTOCOL["statistics"]["min_repetitions"]
+
+
+@pytest.mark.parametrize(
+    ("group", "key", "edit", "where"),
+    [
+        ("claims", ("b", "latency, p99"), lambda e: e.pop("load"), r"'load' is a required"),
+        ("checks", ("light-load-no-cost", ""), lambda e: e.pop("load"), r"'load' is a required"),
+        ("claims", ("b", "latency, capacity"), lambda e: e.update(load=1.0), r"'load'"),
+        ("checks", ("balanced-capacity", ""), lambda e: e.update(load=0.3), r"'load'"),
+        ("claims", ("b", "latency, p99"), lambda e: e.update(load=0), r"\.load: 0 is less"),
+        ("claims", ("b", "latency, p99"), lambda e: e.update(min_repetitions=0), "min_rep"),
+    ],
+)
+def test_a_broken_serving_entry_is_refused_naming_the_key(tmp_path, group, key, edit, where):
+    data = copy.deepcopy(PROTOCOL)
+    index = next(i for i, e in enumerate(data[group]) if (e["key"], e.get("part", "")) == key)
+    edit(data[group][index])
+    path = _write_protocol(tmp_path, data)
+    with pytest.raises(cl.ProtocolError, match=rf"{group}\[{index}\]") as info:
+        cl.load_protocol(path)
+    assert re.search(where, str(info.value)), str(info.value)
+
+
+def test_good_serving_sweep_supports_the_latency_half_and_the_checks():
+    claims = serving_judged(serving_sweep())
+    assert {k: claims[k].verdict for k in SERVING_PARTS} == dict.fromkeys(
+        SERVING_PARTS, cl.SUPPORTED
+    )
+    assert {k: c.verdict for k, c in claims.items()} == ALL_SUPPORTED | dict.fromkeys(
+        SERVING_PARTS, cl.SUPPORTED
+    ) | {"straggler-no-gain": cl.SUPPORTED, "unbalanced-no-gain": cl.SUPPORTED}
+    cap, p99 = claims["b latency, capacity"], claims["b latency, p99"]
+    # The decisive judgement (smallest margin): skew-pooling, 1.2 and 1.5.
+    assert cap.numbers["Point"] == cap.numbers["Low"] == cap.numbers["High"] == "1.20"
+    assert p99.numbers["Point"] == "1.50"
+    assert cap.numbers["Workloads"] == "rotating-2.5x, skew-pooling"
+    assert cap.numbers["Repetitions"] == str(SERVE_REPS)
+    assert "1.40 [1.40, 1.40] (rotating-2.5x, bls L=4; n=3 vs sync (mpi))" in cap.measured
+    assert "2.00 [2.00, 2.00] (rotating-2.5x, bls L=4" in p99.measured
+    assert p99.threshold == "95% CI low > 1.05 (at 1 x the synchronous capacity)"
+    light = claims["light-load-no-cost"]
+    assert light.numbers["Point"] == "0.98"  # skew-pooling at 0.3, not at 1.0
+    assert claims["balanced-capacity"].numbers["Point"] == "1.00"
+    assert list(cap.details["best synchronous"]) == ["sync (mpi)", "sync (mpi)"]
+
+
+def test_capacity_ratio_is_the_geometric_mean_with_its_bootstrap_interval():
+    sync = [900.0, 1200.0, 1000.0, 800.0, 1100.0]
+    bls = [1300.0, 1500.0, 1450.0, 1000.0, 1500.0]
+    reports = [
+        launch(s, b, {1.0: (50.0, 25.0)}, ref_qps=1000.0 + 100 * k)
+        for k, (s, b) in enumerate(zip(sync, bls, strict=True))
+    ]
+    claim = serving_judged(_custom("rotating-2.5x", reports))["b latency, capacity"]
+    j = next(j for j in claim.judgements if j.workload == "rotating-2.5x")
+    num, den = np.array(bls), np.array(sync)
+    assert j.series == "bls L=4" and j.repetitions == len(sync)
+    assert j.point == pytest.approx(np.exp(np.mean(np.log(num / den))), rel=1e-12)
+    point, low, high = _interval(num, den)
+    assert (j.point, j.low, j.high) == pytest.approx((point, low, high), rel=1e-12)
+    assert low < j.point < high  # a real interval, not a degenerate one
+    assert j.verdict == cl.SUPPORTED  # low = 1.27 > 1.05
+    assert claim.verdict == cl.SUPPORTED
+
+
+def test_p99_gain_is_sync_over_bls_at_exactly_the_entrys_load():
+    load = P99["load"]
+    sync_ms = [40.0, 55.0, 48.0, 60.0]
+    gains = [1.5, 1.8, 1.6, 1.3]
+    reports = []
+    for s, g in zip(sync_ms, gains, strict=True):
+        p99 = {
+            0.3: (10.0, 10.0),  # light load: equal
+            load - 0.05: (s, s * 3),  # near the judged load: BLS much slower
+            load: (s, s / g),
+            load + 0.05: (s * 4, s / 9),
+        }
+        reports.append(launch(800.0, 1000.0, p99))
+    claims = serving_judged(_custom("skew-pooling", reports))
+    j = next(j for j in claims["b latency, p99"].judgements if j.workload == "skew-pooling")
+    num = np.array(sync_ms)
+    den = num / np.array(gains)
+    assert j.repetitions == len(gains)
+    assert j.point == pytest.approx(np.exp(np.mean(np.log(gains))), rel=1e-12)
+    assert (j.point, j.low, j.high) == pytest.approx(_interval(num, den), rel=1e-12)
+    assert j.low < j.point < j.high
+    light = claims["light-load-no-cost"]
+    k = next(j for j in light.judgements if j.workload == "skew-pooling")
+    assert (k.point, k.low, k.high) == (1.0, 1.0, 1.0)
+
+
+def test_p99_gain_without_rows_at_the_entrys_load_is_not_tested():
+    reports = [launch(800.0, 1000.0, {0.3: (10.0, 10.0), 0.6: (20.0, 10.0)})] * SERVE_REPS
+    claim = serving_judged(_custom("skew-pooling", reports))["b latency, p99"]
+    j = next(j for j in claim.judgements if j.workload == "skew-pooling")
+    assert j.verdict == cl.NOT_TESTED
+    assert claim.verdict == cl.INCONCLUSIVE  # rotating-2.5x is supported
+    assert j.note == f"no serving runs of this workload at load {P99['load']:g}"
+
+
+@pytest.mark.parametrize(
+    ("part", "override", "expected"),
+    [
+        # (b) capacity: CI low > 1.05 on rotating-2.5x and skew-pooling, L=4
+        ("b latency, capacity", {"rotating_2.5x": (1.05, {1.0: 2.0})}, cl.NOT_SUPPORTED),
+        ("b latency, capacity", {"rotating_2.5x": (1.0501, {1.0: 2.0})}, cl.SUPPORTED),
+        ("b latency, capacity", {"skew_pooling": (1.0, {1.0: 1.5})}, cl.NOT_SUPPORTED),
+        # (b) p99 at load 1.0: CI low > 1.05
+        ("b latency, p99", {"skew_pooling": (1.2, {1.0: 1.05})}, cl.NOT_SUPPORTED),
+        ("b latency, p99", {"skew_pooling": (1.2, {1.0: 1.0501})}, cl.SUPPORTED),
+        # light load (0.3): CI low >= 0.95 on balanced, rotating-2.5x, skew-pooling
+        ("light-load-no-cost", {"rotating_2.5x": (1.4, {0.3: 0.95, 1.0: 2.0})}, cl.SUPPORTED),
+        ("light-load-no-cost", {"balanced": (1.0, {0.3: 0.9499, 1.0: 1.0})}, cl.NOT_SUPPORTED),
+        # balanced capacity within [0.95, 1.05]
+        ("balanced-capacity", {"balanced": (1.05, {0.3: 1.0})}, cl.SUPPORTED),
+        ("balanced-capacity", {"balanced": (0.95, {0.3: 1.0})}, cl.SUPPORTED),
+        ("balanced-capacity", {"balanced": (1.0501, {0.3: 1.0})}, cl.NOT_SUPPORTED),
+        ("balanced-capacity", {"balanced": (0.9499, {0.3: 1.0})}, cl.NOT_SUPPORTED),
+    ],
+)
+def test_serving_threshold_edges(part, override, expected):
+    assert serving_judged(serving_sweep(**override))[part].verdict == expected
+
+
+@pytest.mark.parametrize("part", ["b latency, capacity", "b latency, p99"])
+def test_a_serving_interval_straddling_the_threshold_is_inconclusive(part):
+    ratios = [0.98, 1.03, 1.07, 1.12, 1.08, 1.01]
+    if part == "b latency, capacity":
+        reports = [launch(1000.0, 1000.0 * r, {1.0: (30.0, 15.0)}) for r in ratios]
+    else:
+        reports = [launch(800.0, 1000.0, {1.0: (30.0, 30.0 / r)}) for r in ratios]
+    claim = serving_judged(_custom("rotating-2.5x", reports))[part]
+    j = next(j for j in claim.judgements if j.workload == "rotating-2.5x")
+    assert j.low < 1.05 < j.high
+    assert j.verdict == claim.verdict == cl.INCONCLUSIVE, claim.measured
+
+
+def test_fewer_serving_repetitions_than_the_entrys_minimum_are_inconclusive():
+    claims = serving_judged(serving_sweep(reps=SERVE_REPS - 1))
+    for part in SERVING_PARTS:
+        assert claims[part].verdict == cl.INCONCLUSIVE, part
+        assert f"{SERVE_REPS - 1} of {SERVE_REPS} repetitions" in claims[part].measured
+    # The entry's own minimum (3), not the protocol's (5), is what counts.
+    assert serving_judged(serving_sweep(reps=SERVE_REPS))["b latency, p99"].verdict == (
+        cl.SUPPORTED
+    )
+
+
+@pytest.mark.parametrize(
+    "serving",
+    [None, {}, {"serving": pd.DataFrame(), "capacity": pd.DataFrame()}, "no rows"],
+)
+def test_without_serving_runs_the_serving_parts_are_not_tested(serving):
+    if serving == "no rows":
+        serving = {k: v.iloc[:0] for k, v in serving_sweep().items()}
+    claims = serving_judged(serving)
+    for part in SERVING_PARTS:
+        claim = claims[part]
+        assert claim.verdict == cl.NOT_TESTED, part
+        assert all(j.note == "no serving runs in this sweep" for j in claim.judgements)
+        assert "no serving runs in this sweep" in claim.measured
+        assert claim.numbers["Verdict"] == cl.NOT_TESTED and claim.numbers["Point"] == cl.NA
+    assert claims["a"].verdict == claims["straggler-no-gain"].verdict == cl.SUPPORTED
+
+
+def test_a_capacity_without_a_passing_probe_counts_as_its_upper_bound():
+    reports = [launch(800.0, 1120.0, {1.0: (40.0, 20.0)}) for _ in range(SERVE_REPS)]
+    reports[1] = launch(800.0, None, {1.0: (40.0, 20.0)}, below={"bls": 960.0})
+    claim = serving_judged(_custom("rotating-2.5x", reports))["b latency, capacity"]
+    j = next(j for j in claim.judgements if j.workload == "rotating-2.5x")
+    ratios = np.array([1.4, 1.2, 1.4])
+    assert j.repetitions == SERVE_REPS
+    assert j.point == pytest.approx(np.exp(np.mean(np.log(ratios))), rel=1e-12)
+    assert "upper bound" in j.note and "1 capacities" in j.note
+    assert "upper bound" in claim.measured
+    # The synchronous series' capacity the same way.
+    reports[1] = launch(None, 1120.0, {1.0: (40.0, 20.0)}, below={"sync": 700.0})
+    j = serving_judged(_custom("rotating-2.5x", reports))["b latency, capacity"].judgements[0]
+    assert j.point == pytest.approx(np.exp(np.mean(np.log([1.4, 1.6, 1.4]))), rel=1e-12)
+    assert "upper bound" in j.note
+
+
+def test_the_baseline_names_each_launchs_reference_series():
+    good = serving_judged(serving_sweep())["b latency, capacity"]
+    assert {j.baseline for j in good.judgements} == {"sync (mpi)"}
+    assert "vs sync (mpi)" in good.measured
+    reports = [
+        launch(800.0, 1120.0, {1.0: (40.0, 20.0)}, reference=ref)
+        for ref in ("mpi", "gloo", "bls-L0")
+    ]
+    claim = serving_judged(_custom("rotating-2.5x", reports))["b latency, capacity"]
+    j = next(j for j in claim.judgements if j.workload == "rotating-2.5x")
+    assert j.baseline == "sync (bls L=0, gloo, mpi)"
+    assert j.repetitions == 3 and j.point == pytest.approx(1.4)  # paired within each launch
+    assert "vs sync (bls L=0, gloo, mpi)" in claim.measured
+
+
+def test_cli_judges_the_serving_tables_when_both_are_there(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    good_sweep().to_parquet(tables / "runs.parquet")
+    out, macros = tmp_path / "claims.md", tmp_path / "macros.tex"
+    argv = ["--tables", str(tables), "--out", str(out), "--macros", str(macros)]
+    serving = serving_sweep()
+    serving["serving"].to_parquet(tables / "serving.parquet", index=False)
+    assert cl.main(argv) == 0  # capacity.parquet missing: nothing judged
+    row = next(r for r in out.read_text().splitlines() if r.startswith("| (b) latency, capacity"))
+    assert row.rstrip(" |").endswith("**not tested here**")
+    assert "no serving runs in this sweep" in row
+    serving["capacity"].to_parquet(tables / "capacity.parquet", index=False)
+    assert cl.main(argv) == 0
+    text = out.read_text()
+    row = next(r for r in text.splitlines() if r.startswith("| (b) latency, capacity"))
+    assert row.rstrip(" |").endswith("**supported**")
+    assert "1.40 [1.40, 1.40] (rotating-2.5x, bls L=4; n=3 vs sync (mpi))" in row
+    assert "`snakemake --cores 2 figures/fig6_serving.pdf`" in row
+    row = next(r for r in text.splitlines() if r.startswith("| (b) latency, p99"))
+    assert row.rstrip(" |").endswith("**supported**") and "2.00 [2.00, 2.00]" in row
+    defined = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}", macros.read_text()))
+    assert defined["ClaimUnbalancedCapacityVerdict"] == "supported"
+    assert defined["ClaimUnbalancedCapacityPoint"] == "1.20"
+    assert defined["ClaimUnbalancedLatencyPoint"] == "1.50"
+    assert defined["ClaimCheckBalancedCapacityVerdict"] == "supported"
+
+
+# --------------------------------------------------------------------------------------
 # Outputs
 
 
@@ -475,8 +855,9 @@ def test_markdown_opens_with_what_was_run_and_lists_every_claim():
     for what in ("Data", "synthetic", "Injected delays", "Placement", "Repetitions"):
         assert what in head, what
     rows = [line for line in text.splitlines() if re.match(r"\| \([a-e]\)", line)]
-    assert len(rows) == 6
-    assert rows[2].rstrip(" |").endswith("**not tested here**")
+    assert len(rows) == 7
+    for row in rows[2:4]:  # the serving parts of (b): no serving tables
+        assert row.rstrip(" |").endswith("**not tested here**")
     assert sum(line.rstrip(" |").endswith("**supported**") for line in rows) == 5
     assert "95% CI within [0.95, 1.05]" in text
     assert "`snakemake --cores 2 figures/fig3_speedup_vs_lag.pdf`" in text

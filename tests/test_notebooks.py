@@ -252,7 +252,7 @@ def test_overview_runs(executed, sweep):
 def test_parameters_cell_holds_only_inputs():
     import jupytext
 
-    for name in [*FIGURES, "overview"]:
+    for name in [*FIGURES, "overview", "fig6_serving"]:
         nb = jupytext.read(NOTEBOOKS / f"{name}.py")
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(cells) == 1, name
@@ -486,3 +486,187 @@ def test_stress_scenario_and_placement_labels():
         "oversubscribed",
     ]
     assert out["scenario_class"].tolist() == ["balanced", "stress", "balanced", "stress"]
+
+
+# --------------------------------------------------------------------------------------
+# Fig. 6: the serving sweep (open loop), on serving tables made here
+
+SERVING_FIGURE = "fig6_serving"
+#: Serving workloads -> BLS capacity over sync and p99 gain at full load, per repetition.
+SERVING_WORKLOADS = {"balanced": (1.0, 1.0), "rotating-2.5x": (1.35, 1.8)}
+SERVING_LOADS = (0.3, 0.6, 1.0, 1.2)
+#: The launch's reference (served as "sync"), by repetition: each launch picks its own.
+#: Five repetitions: with three, a bootstrap interval hardly depends on its seed.
+SERVING_REFERENCES = ("mpi", "gloo", "mpi", "bls-L0", "mpi")
+
+
+def _serving_reports() -> dict[tuple[str, int], dict]:
+    """serve.json reports of a made-up serving sweep: per workload and repetition, the
+    reference series, bls-L4 and bls-L8 at every load, and each one's capacity."""
+    rng = np.random.default_rng(6)
+    reports = {}
+    for workload, (cap_gain, p99_gain) in SERVING_WORKLOADS.items():
+        for rep, reference in enumerate(SERVING_REFERENCES):
+            ref_qps = 800.0 * rng.uniform(0.9, 1.1)
+            runs = []
+            for k, load in enumerate(SERVING_LOADS):
+                base = 5.0 * (1 + 4 * load**3) * rng.uniform(0.8, 1.2)
+                for label, gain in ((reference, 1.0), ("bls-L4", p99_gain), ("bls-L8", 1.1)):
+                    p99 = base / (1 + (gain - 1) * load) * rng.uniform(0.9, 1.1)
+                    runs.append(
+                        {
+                            "series": label,
+                            "rate_qps": load * ref_qps * rng.uniform(0.99, 1.01),
+                            "load": load,
+                            "load_index": k,
+                            "p50_ms": p99 * rng.uniform(0.3, 0.6),
+                            "p90_ms": p99 * 0.8,
+                            "p99_ms": p99,
+                            "p99_9_ms": p99 * 1.2,
+                            "stable": bool(load < 1.1),
+                            "run_dir": f"{label}/load~{k}",
+                        }
+                    )
+            sync_cap = ref_qps * rng.uniform(0.7, 0.9)
+            caps = {
+                reference: sync_cap,
+                "bls-L4": sync_cap * cap_gain * rng.uniform(0.95, 1.05),
+                "bls-L8": sync_cap * 1.1 * rng.uniform(0.95, 1.05),
+            }
+            reports[(workload, rep)] = {
+                "ranks": 2,
+                "calibration": {
+                    "series": reference,
+                    "capacity_qps": ref_qps,
+                    "ideal_sync_qps": ref_qps * 1.1,
+                    "ideal_unbounded_qps": ref_qps * cap_gain * 1.2,
+                },
+                "runs": runs,
+                "capacity": {
+                    label: {
+                        "capacity_qps": qps,
+                        "below_qps": None,
+                        "resolution_qps": 10.0,
+                        "closed_loop_qps": ref_qps,
+                        "ideal_sync_qps": ref_qps * 1.1,
+                        "ideal_unbounded_qps": ref_qps * 1.5,
+                        "slo_ms": 60.0,
+                        "percentile": 99.0,
+                        "probes": [{"passed": True}] * 6,
+                    }
+                    for label, qps in caps.items()
+                },
+            }
+    return reports
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """fig6_serving executed on three table folders: ``full`` (the made-up serving sweep,
+    via bls_dlrm.serving.sweep_tables), ``empty`` (the same columns, no rows) and
+    ``missing`` (no serving tables at all): {case: (process, tables, figures)}."""
+    from bls_dlrm.serving import sweep_tables
+
+    base = tmp_path_factory.mktemp("serving")
+    tables = {case: base / case / "tables" for case in ("full", "empty", "missing")}
+    for folder in tables.values():
+        folder.mkdir(parents=True)
+    made = sweep_tables(_serving_reports())
+    for name, df in made.items():
+        df.to_parquet(tables["full"] / f"{name}.parquet", index=False)
+        df.iloc[:0].to_parquet(tables["empty"] / f"{name}.parquet", index=False)
+    source = NOTEBOOKS / f"{SERVING_FIGURE}.py"
+    jobs = {
+        case: (source, base / case / "nb", t, base / case / "figures") for case, t in tables.items()
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(_execute, *args) for case, args in jobs.items()}
+        return {case: (f.result(), jobs[case][2], jobs[case][3]) for case, f in futures.items()}
+
+
+def test_fig6_writes_the_figure(served):
+    result, _, figures = served["full"]
+    assert result.returncode == 0, _fail_message(result)
+    pdf, png = figures / f"{SERVING_FIGURE}.pdf", figures / f"{SERVING_FIGURE}.png"
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert not [p.name for p in figures.iterdir() if p.name.startswith(".")]
+
+
+def test_fig6_draws_median_latencies_and_capacity_ratios(served):
+    """Every drawn point recomputed from the serving tables: latency medians over
+    repetitions per workload, role and load; capacities (medians) and the BLS/sync
+    capacity ratio, paired by repetition, with the protocol's bootstrap interval."""
+    result, tables, figures = served["full"]
+    assert result.returncode == 0, _fail_message(result)
+    drawn = pd.read_csv(figures / f"{SERVING_FIGURE}.csv")
+    serving = pd.read_parquet(tables / "serving.parquet")
+    capacity = pd.read_parquet(tables / "capacity.parquet")
+    roles = {"sync", "bls L=4", "bls L=8"}
+    reps = len(SERVING_REFERENCES)
+
+    latency = drawn[drawn["kind"] == "latency"]
+    assert sorted(
+        zip(latency["workload"], latency["role"], latency["load"], strict=True)
+    ) == sorted((w, r, load) for w in SERVING_WORKLOADS for r in roles for load in SERVING_LOADS)
+    for _, row in latency.iterrows():
+        part = serving[
+            (serving["workload"] == row["workload"])
+            & (serving["role"] == row["role"])
+            & np.isclose(serving["load"], row["load"])
+        ]
+        assert len(part) == reps
+        if row["role"] == "sync":  # each repetition's own reference series
+            labels = [r.replace("bls-L", "bls L=") for r in SERVING_REFERENCES]
+            assert sorted(part["series"]) == sorted(labels)
+        p99 = part["p99_ms"].to_numpy()
+        assert row["p99_ms"] == pytest.approx(np.median(p99), rel=1e-8)
+        assert row["p50_ms"] == pytest.approx(np.median(part["p50_ms"]), rel=1e-8)
+        assert (row["p99_min_ms"], row["p99_max_ms"]) == pytest.approx((p99.min(), p99.max()))
+        x = np.median(part["rate_qps"] / part["reference_qps"])
+        assert row["x"] == pytest.approx(x, rel=1e-8)
+        assert row["x"] == pytest.approx(row["load"], rel=0.02)
+
+    caps = drawn[drawn["kind"] == "capacity"]
+    assert sorted(zip(caps["workload"], caps["role"], strict=True)) == sorted(
+        (w, r) for w in SERVING_WORKLOADS for r in roles
+    )
+    for _, row in caps.iterrows():
+        part = capacity[(capacity["workload"] == row["workload"])]
+        own = part[part["role"] == row["role"]].sort_values("repetition")
+        assert len(own) == reps
+        median = np.median(own["capacity_qps"])
+        assert row["capacity_qps"] == pytest.approx(median, rel=1e-8)
+        assert row["x"] == pytest.approx(median / np.median(own["reference_qps"]), rel=1e-8)
+        if row["role"] == "sync":
+            assert np.isnan(row["ratio"])
+            continue
+        sync = part[part["role"] == "sync"].sort_values("repetition")
+        num, den = own["capacity_qps"].to_numpy(), sync["capacity_qps"].to_numpy()
+        point = float(np.exp(np.mean(np.log(num / den))))
+        assert row["ratio"] == pytest.approx(point, rel=1e-8)
+        _, low, high = _interval(num, den)
+        assert (row["low"], row["high"]) == pytest.approx((low, high), rel=1e-8)
+        assert row["low"] <= row["ratio"] <= row["high"]
+    gains = caps[caps["role"] == "bls L=4"].set_index("workload")["ratio"]
+    for workload, (cap_gain, _) in SERVING_WORKLOADS.items():
+        assert gains[workload] == pytest.approx(cap_gain, rel=0.06)
+
+
+def test_fig6_on_empty_serving_tables_draws_a_placeholder(served):
+    result, _, figures = served["empty"]
+    assert result.returncode == 0, _fail_message(result)
+    assert (figures / f"{SERVING_FIGURE}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (figures / f"{SERVING_FIGURE}.png").is_file()
+    drawn = pd.read_csv(figures / f"{SERVING_FIGURE}.csv")
+    assert drawn.empty and {"workload", "role", "load", "p99_ms"} <= set(drawn.columns)
+    nb = (figures.parent / "nb" / f"{SERVING_FIGURE}.out.ipynb").read_text()
+    assert "workloads: []" in nb
+
+
+def test_fig6_without_serving_tables_fails_naming_the_tool(served):
+    result, _, figures = served["missing"]
+    assert result.returncode != 0
+    assert "serving.parquet: no such table" in result.stderr
+    assert "bls-dlrm serve-tables" in result.stderr
+    assert not (figures / f"{SERVING_FIGURE}.pdf").exists()
