@@ -56,6 +56,9 @@ bp.set_style(style)
 settings = bp.interval_settings(bp.load_protocol(protocol))
 serving = bp.load_table(tables_dir, "serving")
 capacity = bp.load_table(tables_dir, "capacity")
+for column in ("workload", "repetition", "role", "load", "rate_qps", "reference_qps"):
+    if column not in serving:  # a table without runs (a sweep with no serving load)
+        serving[column] = pd.Series(dtype="float64")
 serving["x"] = serving["rate_qps"] / serving["reference_qps"]
 roles = sorted(set(serving["role"]), key=lambda r: (r != SYNC, bp.series_sort_key(r)))
 bls_roles = [r for r in roles if r != SYNC and r.startswith("bls")]
@@ -86,6 +89,13 @@ def capacity_ratios(cap: pd.DataFrame) -> pd.DataFrame:
     """Capacity at the SLO per workload and role (median over repetitions), and for each
     BLS role its ratio over sync paired by repetition, with a 95% bootstrap interval."""
     rows = []
+    # A search that passed no probe gives an upper bound (its lowest failing rate): drawn
+    # as that bound and counted, as the claims table does.
+    below = cap.get("below_qps", np.nan)
+    cap = cap.assign(
+        capacity_qps=cap["capacity_qps"].astype("float64").fillna(below),
+        upper_bound=cap["capacity_qps"].isna(),
+    )
     for workload, df in cap.groupby("workload"):
         wide = df.pivot_table(index="repetition", columns="role", values="capacity_qps")
         ref = df.groupby("role")["reference_qps"].median()
@@ -100,6 +110,7 @@ def capacity_ratios(cap: pd.DataFrame) -> pd.DataFrame:
                     (df["ideal_unbounded_qps"] / df["reference_qps"]).median()
                 ),
                 "repetitions": int(wide[role].notna().sum()),
+                "upper_bounds": int(df.loc[df["role"] == role, "upper_bound"].sum()),
             }
             if role != SYNC and SYNC in wide.columns:
                 pair = wide[[role, SYNC]].dropna()

@@ -430,8 +430,9 @@ def _judge_serving(
     launch, paired by repetition.
 
     ``capacity_ratio``: capacity at the SLO, BLS / sync. A capacity whose search found no
-    passing rate counts as its lowest failing probe (an upper bound), which is said in the
-    note. ``p99_gain``: p99 query latency at the entry's ``load``, sync / BLS.
+    passing rate counts as its lowest failing probe (an upper bound): the note says so and
+    the verdict is at best inconclusive. ``p99_gain``: p99 query latency at the entry's
+    ``load`` (matched within the protocol's rtol), sync / BLS.
     """
     st = protocol["statistics"]
     series = bp.series_label("bls", lag)
@@ -442,16 +443,14 @@ def _judge_serving(
         empty.note = "no serving runs in this sweep"
         return empty
     df = table[table["workload"] == workload]
-    note = ""
     if metric == "capacity_ratio":
         value = df["capacity_qps"].astype("float64")
         below = df.get("below_qps", pd.Series(math.nan, index=df.index)).astype("float64")
-        bounded = value.isna() & below.notna()
-        if bounded.any():
-            note = f"{int(bounded.sum())} capacities are upper bounds (no probe passed)"
-        df = df.assign(value=value.fillna(below))
+        df = df.assign(value=value.fillna(below), bounded=value.isna() & below.notna())
     else:
-        df = df[(df["load"] - float(entry["load"])).abs() < 1e-9].assign(value=df["p99_ms"])
+        load = float(entry["load"])
+        df = df[(df["load"] - load).abs() <= float(st["rtol"]) * abs(load)]
+        df = df.assign(value=df["p99_ms"], bounded=False)
     if df.empty:
         empty.note = "no serving runs of this workload" + (
             f" at load {entry['load']:g}" if metric == "p99_gain" else ""
@@ -463,6 +462,11 @@ def _judge_serving(
         return empty
     pair = wide[[series, SYNC_ROLE]].dropna()
     pair = pair[(pair > 0).all(axis=1)]
+    judged = df[df["role"].isin([series, SYNC_ROLE]) & df["repetition"].isin(pair.index)]
+    bounded = int(judged["bounded"].sum())
+    # A capacity whose search passed no probe is only an upper bound: a ratio built on one
+    # is a bound too, so it decides nothing.
+    note = f"{bounded} capacities are upper bounds (no probe passed)" if bounded else ""
     refs = sorted(set(df["reference"].dropna()))
     base = f"sync ({', '.join(refs)})" if refs else SYNC_ROLE
     if pair.empty:
@@ -472,6 +476,8 @@ def _judge_serving(
     if metric == "p99_gain":
         num, den = den, num
     point, low, high, verdict, note = _interval(num, den, True, len(pair), note, entry, st)
+    if bounded:
+        verdict = INCONCLUSIVE
     return Judgement(workload, series, base, len(pair), point, low, high, verdict, note=note)
 
 
