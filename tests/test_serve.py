@@ -94,7 +94,7 @@ def _closes(log: RunLog) -> list[np.ndarray]:
     """Per rank: every batch's close time relative to the run's start instant."""
     out = []
     for rank in log.ranks:
-        t_origin = rank.header.config["serve"]["t_origin"]
+        t_origin = rank.header.t_origin
         out.append(np.array([it.t_close for it in rank.iterations]) - t_origin)
     return out
 
@@ -163,10 +163,13 @@ def test_schedule_is_the_same_on_every_rank_series_and_launch(varied, varied_aga
             n = sched.num_batches
             assert serve["batches"] == n > 10
             num_queries[k] = sched.num_queries
+            origin0 = log.ranks[0].header.t_origin
             for rank in log.ranks:
-                assert rank.header.config["serve"] == serve  # same spec, same start instant
+                assert rank.header.config["serve"] == serve  # same spec on every rank
+                # each rank's own start instant (the end of one barrier): one host's clock
+                assert abs(rank.header.t_origin - origin0) < 0.05
                 assert [it.iteration for it in rank.iterations] == list(range(n))
-                t_origin = serve["t_origin"]
+                t_origin = rank.header.t_origin
                 # bit for bit: the loop's close instant is the start plus the schedule's
                 assert [it.t_close for it in rank.iterations] == [
                     t_origin + float(c) for c in sched.close
@@ -189,10 +192,7 @@ def test_schedule_is_the_same_on_every_rank_series_and_launch(varied, varied_aga
 
     # another launch with the same seed: the same schedule
     again = read_run(varied_again / "bls-L1" / "load~0")
-    assert (
-        again.header.config["serve"]["t_origin"]
-        != read_run(varied / "gloo" / "load~0").header.config["serve"]["t_origin"]
-    )
+    assert again.header.t_origin != read_run(varied / "gloo" / "load~0").header.t_origin
     for closes in _closes(again):
         np.testing.assert_allclose(closes, first_launch[0][0], rtol=0, atol=1e-6)
     for rank in again.ranks:
@@ -208,7 +208,7 @@ def test_logged_batches_obey_the_batcher(varied):
         run_dir = varied / "gloo" / f"load~{k}"
         log = read_run(run_dir)
         its = log.ranks[0].iterations
-        close = np.array([it.t_close for it in its]) - log.header.config["serve"]["t_origin"]
+        close = np.array([it.t_close for it in its]) - log.header.t_origin
         sizes = np.array([it.batch_samples for it in its])
         queries = pd.read_parquet(run_dir / "queries.parquet")
         assert queries["batch"].is_monotonic_increasing
@@ -318,11 +318,13 @@ def test_report_and_query_latencies(varied):
         lat = queries["latency_s"].to_numpy()
         assert (lat > 0).all()
         # a query is not done before its batch closed, nor before every rank finished it
-        t_origin = log.header.config["serve"]["t_origin"]
         batch = queries["batch"].to_numpy()
         assert (lat >= sched.close[batch] - sched.arrival).all()
-        done = np.array([[it.t_done for it in rank.iterations] for rank in log.ranks])
-        last = done.max(axis=0)[batch] - t_origin - sched.arrival
+        # each rank's times since its own start instant
+        done = np.array(
+            [[it.t_done - rank.header.t_origin for it in rank.iterations] for rank in log.ranks]
+        )
+        last = done.max(axis=0)[batch] - sched.arrival
         assert (lat <= last + 1e-6).all()
         measured = lat[~queries["warmup"].to_numpy()]
         assert run["p99_ms"] == pytest.approx(np.percentile(measured, 99) * 1e3)

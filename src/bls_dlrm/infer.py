@@ -654,7 +654,9 @@ class _Pipeline:
         ]
 
 
-def series_header(ctx: _Context, series: Series, out_dir: Path, order, index, **extra):
+def series_header(
+    ctx: _Context, series: Series, out_dir: Path, order, index, t_origin=None, **extra
+):
     """The log header of one series on this rank (``extra``: more config keys)."""
     from . import records
 
@@ -690,6 +692,7 @@ def series_header(ctx: _Context, series: Series, out_dir: Path, order, index, **
         cores=ctx.place["cores"],
         cores_per_rank=ctx.place["cores_per_rank"],
         binding=ctx.place["binding"],
+        t_origin=t_origin,
     )
 
 

@@ -141,6 +141,9 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
     cores: list[_Count] | None = None
     cores_per_rank: _Count | None = None
     binding: str | None = None
+    # Open loop only (`bls-dlrm serve`): the instant this rank counts arrivals from, on its
+    # own monotonic clock (the end of a barrier plus a margin); per rank, not in config.
+    t_origin: float | None = None
     # The log format version; the reader refuses any other (and a header without it).
     schema: int = SCHEMA_VERSION
 
@@ -163,6 +166,7 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
         cores: list[int] | None = None,
         cores_per_rank: int | None = None,
         binding: str | None = None,
+        t_origin: float | None = None,
     ) -> Header:
         """A header stamped now: clock reading, UTC time, host, versions and git revision.
 
@@ -191,6 +195,7 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
             cores=cores,
             cores_per_rank=cores_per_rank,
             binding=binding,
+            t_origin=t_origin,
         )
         header.validate()
         return header
@@ -222,7 +227,7 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
             "cores": self.cores,
             "cores_per_rank": self.cores_per_rank,
             "binding": self.binding,
-        }
+        } | ({"t_origin": self.t_origin} if self.t_origin is not None else {})
 
 
 class Iteration(msgspec.Struct, tag_field="record", tag="iteration", gc=False):

@@ -33,9 +33,11 @@ Rank 0 writes ``OUT/serve.json``: the settings, the calibration, one summary per
 (achieved rate, p50/p90/p99/p99.9 query latency, backlog at the end, stable) and the
 capacities found.
 
-Clocks: all ranks of one host share the monotonic clock; the start instant is rank 0's
-reading plus a margin, broadcast through MPI. Across hosts the same broadcast anchors the
-schedule only as well as the hosts' monotonic clocks agree (not aligned here).
+Clocks: every rank counts arrivals from its own start instant, the end of a barrier plus
+a margin on its own monotonic clock, and logs it (``t_origin`` in its header). A
+query's latency is computed from times since those instants, gathered to rank 0, so no
+clock reading crosses ranks: hosts whose clocks differ agree to within the barrier's exit
+skew (microseconds on one host, about one network latency across hosts).
 """
 
 from __future__ import annotations
@@ -176,9 +178,13 @@ class ServeConfig:
 
 
 def _agree_start(comm) -> float:
-    """The instant arrivals are counted from, the same on every rank (rank 0's clock)."""
+    """The instant arrivals are counted from, on this rank's own monotonic clock: the end
+    of a barrier (every rank leaves it at nearly the same moment) plus a margin. No clock
+    value crosses ranks, so hosts whose monotonic clocks differ agree all the same; the
+    error is the barrier's exit skew (microseconds on one host, about a network latency
+    across hosts)."""
     comm.Barrier()
-    return comm.bcast(time.monotonic() + START_MARGIN_S if comm.Get_rank() == 0 else None)
+    return time.monotonic() + START_MARGIN_S
 
 
 def _open_loop(
@@ -219,7 +225,8 @@ def _open_loop(
         out_dir,
         order,
         index,
-        serve=spec.to_dict() | {"t_origin": t_origin, "batches": n} | extra,
+        t_origin=t_origin,
+        serve=spec.to_dict() | {"batches": n} | extra,
     )
     start = np.full(n, np.nan)
     with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
@@ -253,18 +260,19 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     t_origin, start, done = _open_loop(
         ctx, series, group, out_dir, sched, spec, order, index, extra
     )
-    starts = comm.gather(start, root=0)
-    dones = comm.gather(done, root=0)
+    # Times since each rank's own start instant: comparable across ranks and hosts.
+    starts = comm.gather(start - t_origin, root=0)
+    dones = comm.gather(done - t_origin, root=0)
     if ctx.rank != 0:
         return None
     done_all = np.vstack(dones)
-    queries = query_latencies(sched, done_all, t_origin, ctx.size, spec.warmup_s)
+    queries = query_latencies(sched, done_all, 0.0, ctx.size, spec.warmup_s)
     queries.to_parquet(out_dir / "queries.parquet", index=False)
     # Backlog: batches closed within the arrival window that some rank had not started
     # when the window ended (a queue that grows means an overloaded, unstable run).
     latest_start = np.vstack(starts).max(axis=0)
     closed = sched.close <= spec.duration_s
-    backlog = int(np.sum(closed & (latest_start > t_origin + spec.duration_s)))
+    backlog = int(np.sum(closed & (latest_start > spec.duration_s)))
     summary = (
         summarise(queries, spec.duration_s, spec.warmup_s)
         | {
