@@ -192,3 +192,25 @@ def test_serve_help_documents_every_key():
         assert name in text, name
     for flag in ("--rate", "--loads", "--duration", "--find-capacity", "--slo-ms", "--percentile"):
         assert flag in text, flag
+
+
+def test_an_idle_pipeline_still_calls_into_its_group():
+    """With nothing pending, progress() asks the last finished Work (every call into a
+    "bls" group moves its messages): the rank's own sends leave while it waits for the
+    next batch to close, instead of holding its peers back."""
+    from bls_dlrm.infer import _Pipeline
+
+    class Work:
+        calls = 0
+
+        def is_completed(self):
+            Work.calls += 1
+            return True
+
+    pipe = _Pipeline(ctx=None, series=None, group=None, writer=None, preds_kept=None, bar=None)
+    pipe.progress()  # nothing finished yet: nothing to ask
+    assert Work.calls == 0
+    pipe.last_work = Work()
+    pipe.progress()
+    pipe.progress()
+    assert Work.calls == 2

@@ -520,6 +520,7 @@ class _Pipeline:
         self.preds_kept, self.bar = preds_kept, bar
         self.pending: deque[_Pending] = deque()
         self._layouts: dict[int, _Layout] = {}
+        self.last_work = None  # the Work of the last finished iteration
         #: (t_start, t_done, work) of every finished iteration, by iteration number; work
         #: is its local compute plus injected delay (waits excluded), as theory.py takes it
         self.times: dict[int, tuple[float, float, float]] = {}
@@ -586,6 +587,17 @@ class _Pipeline:
         while self.pending and self.pending[0].work.is_completed():
             self.finish(self.pending.popleft(), False)
 
+    def progress(self) -> None:
+        """:meth:`finish_arrived`, and with nothing pending, a progress call on the group all
+        the same (``is_completed`` of the last finished Work: every call into a "bls"
+        group drives its messages). A BLS exchange completes when its data has *arrived*;
+        its sends may still need this rank's progress (a large message leaves only when
+        its receiver has asked for it), so an idle rank that made no call would hold its
+        peers back until its next batch. A no-op for the other backends."""
+        self.finish_arrived()
+        if not self.pending and self.last_work is not None:
+            self.last_work.is_completed()
+
     def drain(self) -> None:
         while self.pending:
             self.finish(self.pending.popleft(), True)
@@ -605,6 +617,7 @@ class _Pipeline:
         else:
             p.work.wait()  # already complete: returns at once, releases the buffers
         t_completed = time.monotonic()
+        self.last_work = p.work
         # Diagnostics only: a backend whose Work carries its own exchange statistics (bls)
         # knows the true lag behind the slowest peer; other backends log the loop's view.
         stats = getattr(getattr(p.work, "exchange", None), "stats", None)

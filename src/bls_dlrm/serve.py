@@ -10,7 +10,8 @@ batch ``i`` no earlier than the batch's close time, then runs the same pipeline 
 closed loop (:class:`bls_dlrm.infer._Pipeline`: lookups, the exchange posted through
 ``torch.distributed``, bottom MLP, complete as the lag bound requires, top MLP). While it
 waits for a batch to close it finishes the exchanges that arrive meanwhile, so a finished
-batch's predictions never wait for the next arrival.
+batch's predictions never wait for the next arrival (and it keeps calling into the
+group, sleeping ``POLL_S`` between calls, so its own sends leave while it idles).
 
 One launch, every series of the run config (shuffled per load, like the closed loop):
 
@@ -236,11 +237,11 @@ def _open_loop(
             batch = gather(ctx.store, lo, hi)
             close = t_origin + float(sched.close[i])
             while True:  # idle until the batch closes; finish what arrives meanwhile
-                pipe.finish_arrived()
+                pipe.progress()
                 now = time.monotonic()
                 if now >= close:
                     break
-                time.sleep(min(close - now, POLL_S) if pipe.pending else close - now)
+                time.sleep(min(close - now, POLL_S))
             start[i] = time.monotonic()
             pipe.post(i, batch, t_close=close)
             pipe.bound()
