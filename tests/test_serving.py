@@ -214,3 +214,17 @@ def test_an_idle_pipeline_still_calls_into_its_group():
     pipe.progress()
     pipe.progress()
     assert Work.calls == 2
+
+
+def test_timed_loops_run_without_automatic_garbage_collection():
+    import gc
+
+    from bls_dlrm.infer import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a failing run")
+    assert gc.isenabled()  # restored on errors too

@@ -44,6 +44,7 @@ skew (microseconds on one host, about one network latency across hosts).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -205,7 +206,7 @@ def _open_loop(
 
     from . import records
     from .delays import DelaySpec
-    from .infer import _Pipeline, series_header
+    from .infer import _Pipeline, gc_paused, series_header
     from .serving import gather
 
     comm = MPI.COMM_WORLD
@@ -219,6 +220,7 @@ def _open_loop(
         delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, max(n, 1))
         * np.minimum(sched.batch_samples() / ctx.store.batch_size, 1.0)[None, :],
     )
+    gc.collect()  # before the start instant: the loop's own collect is then quick
     t_origin = _agree_start(comm)
     header = series_header(
         run_ctx,
@@ -230,7 +232,7 @@ def _open_loop(
         serve=spec.to_dict() | {"batches": n} | extra,
     )
     start = np.full(n, np.nan)
-    with torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
+    with gc_paused(), torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
         pipe = _Pipeline(run_ctx, series, group, writer, None, None)
         for i in range(n):
             lo, hi = sched.batch_range(i)
