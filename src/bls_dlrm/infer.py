@@ -734,7 +734,7 @@ def gc_paused():
     for the end of that run, which is bounded by its iterations.
     """
     gc.collect()
-    gc.freeze()  # what survives (imports, model, data) is never scanned again: later collects are quick
+    gc.freeze()  # survivors (imports, model, data) are never scanned again
     enabled = gc.isenabled()
     gc.disable()
     try:
