@@ -183,8 +183,8 @@ for ax, workload in zip(axes, workloads, strict=False):
         ax.axhline(slo, color="#c44e52", lw=0.8)
     ax.set_yscale("log")
     ax.set_title(workload, fontsize="small")
-    ax.set_xlabel("offered load / sync capacity")
 axes[0].set_ylabel("query latency (ms)")
+axes[len(axes) // 2].set_xlabel("offered load / sync capacity")  # once, under the middle panel
 if not serving.empty:
     bp.set_plain_log_axis(axes[0], "y")  # shared y: plain ms ticks on every panel
 if not serving.empty:
