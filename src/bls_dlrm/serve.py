@@ -65,7 +65,7 @@ from .infer import (
 )
 from .serving import QuerySizes, Schedule, ServeSpec, query_latencies, schedule, summarise
 
-#: Start margin: the broadcast start instant lies this far after rank 0's clock reading.
+#: Start margin: a rank's start instant lies this far after it leaves the start barrier.
 START_MARGIN_S = 0.05
 #: How often a rank waiting for a batch to close looks for arrived exchanges (sleeping).
 POLL_S = 0.0005
@@ -205,21 +205,16 @@ def _open_loop(
     from mpi4py import MPI
 
     from . import records
-    from .delays import DelaySpec
     from .infer import _Pipeline, gc_paused, series_header
     from .serving import gather
 
     comm = MPI.COMM_WORLD
     n = sched.num_batches
     warm = int(np.searchsorted(sched.close, spec.warmup_s, side="left"))
-    run_ctx = replace(
-        ctx,
-        cfg=replace(ctx.cfg, warmup=warm, iterations=max(n - warm, 1)),
-        # A delay is a multiple of a full batch's work (the dataset's batch size, as in
-        # the closed loop); a smaller batch carries the same multiple of its own work.
-        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, max(n, 1))
-        * np.minimum(sched.batch_samples() / ctx.store.batch_size, 1.0)[None, :],
-    )
+    # A delay is a multiple of a full batch's work (the dataset's batch size, as in the
+    # closed loop); a smaller batch carries the same multiple of its own work.
+    fill = np.minimum(sched.batch_samples() / ctx.store.batch_size, 1.0)
+    run_ctx = _run_context(ctx, warm, max(n - warm, 1), scale=fill)
     gc.collect()  # before the start instant: the loop's own collect is then quick
     t_origin = _agree_start(comm)
     header = series_header(
@@ -253,8 +248,20 @@ def _open_loop(
     return t_origin, start, done
 
 
+def _run_context(ctx, warmup: int, iterations: int, scale=None):
+    """``ctx`` for a run of ``warmup + iterations`` batches: its config and the delay
+    schedule of that many batches (each batch's delays times ``scale``, if given)."""
+    from .delays import DelaySpec
+
+    delays = DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, warmup + iterations)
+    if scale is not None:
+        delays = delays[:, : len(scale)] * scale[None, :]
+    return replace(ctx, cfg=replace(ctx.cfg, warmup=warmup, iterations=iterations), delays=delays)
+
+
 def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, extra):
-    """One open-loop run at ``rate``: every rank runs it; rank 0 returns its summary."""
+    """One open-loop run at ``rate``: every rank runs it; rank 0 returns its summary and
+    its queries (one row each), the others ``(None, None)``."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -267,7 +274,7 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     starts = comm.gather(start - t_origin, root=0)
     dones = comm.gather(done - t_origin, root=0)
     if ctx.rank != 0:
-        return None
+        return None, None
     done_all = np.vstack(dones)
     queries = query_latencies(sched, done_all, 0.0, ctx.size, spec.warmup_s)
     queries.to_parquet(out_dir / "queries.parquet", index=False)
@@ -289,7 +296,7 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
         }
         | extra
     )
-    return summary
+    return summary, queries
 
 
 @dataclass(frozen=True)
@@ -307,17 +314,12 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     """Closed-loop capacity of ``series`` on full batches (every rank gets the same)."""
     from mpi4py import MPI
 
-    from .delays import DelaySpec
     from .infer import _run_series
 
     comm = MPI.COMM_WORLD
     n = cfg.calibrate_iterations
     warm = min(10, n)
-    run_ctx = replace(
-        ctx,
-        cfg=replace(ctx.cfg, warmup=warm, iterations=n),
-        delays=DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, warm + n),
-    )
+    run_ctx = _run_context(ctx, warm, n)
     comm.Barrier()
     times: dict[int, tuple[float, float, float]] = {}
     _run_series(run_ctx, series, group, out_dir, None, order, index, False, times)
@@ -349,8 +351,7 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     groups, close_groups = open_groups(cfg, [*series, *candidates])
     rng = np.random.default_rng(cfg.shuffle_seed + cfg.repetition)
     report: dict[str, Any] = {
-        "serve": {k: v for k, v in vars(serve).items()},
-        "series": [s.label for s in series],
+        "serve": asdict(serve),
         "ranks": ctx.size,
         "runs": [],
         "capacity": {},
@@ -383,7 +384,7 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
         order = [series[j] for j in rng.permutation(len(series))]
         for index, s in enumerate(order):
             extra = {"load": load, "load_index": k}
-            summary = _measure(
+            summary, _ = _measure(
                 ctx,
                 s,
                 groups[s.label],
@@ -438,10 +439,12 @@ def _bisect(
     for k in range(search.probes):
         rate = (lo + hi) / 2
         extra = {"capacity_probe": k}
-        summary = _measure(ctx, s, group, out / f"capacity~{k}", serve, rate, order, 0, extra)
+        summary, queries = _measure(
+            ctx, s, group, out / f"capacity~{k}", serve, rate, order, 0, extra
+        )
         ok = None
         if summary is not None:
-            value = _percentile_of(out / f"capacity~{k}" / "queries.parquet", search.percentile)
+            value = _percentile_of(queries, search.percentile)
             ok = bool(value * 1e3 <= search.slo_ms and summary["stable"])
             summary[key] = value * 1e3
             probes.append(summary | {"passed": ok})
@@ -465,10 +468,8 @@ def _bisect(
     }
 
 
-def _percentile_of(path: Path, q: float) -> float:
-    import pandas as pd
-
-    queries = pd.read_parquet(path)
+def _percentile_of(queries, q: float) -> float:
+    """The ``q``-th percentile latency (s) of the measured queries (inf without any)."""
     lat = queries.loc[~queries["warmup"], "latency_s"].to_numpy()
     return float(np.percentile(lat, q)) if len(lat) else float("inf")
 
