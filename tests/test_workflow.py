@@ -189,14 +189,24 @@ def test_default_config_is_the_2_core_sweep():
     assert result.returncode == 0, text
     stats = job_stats(text)
     # Already finished launches are not listed again; a fresh checkout lists them all.
-    assert stats.get("run_2ranks", 0) <= 55 and stats.get("run_4ranks", 0) <= 5
-    # 6 workloads x 5 reps + balanced and unbalanced x 15 reps, 6 series each
-    assert len(launches) == 60 and len(expected_design(cfg)) == 360
+    assert stats.get("run_2ranks", 0) <= 55 and stats.get("run_4ranks", 0) <= 3
+    # 5 workloads x 5 reps + balanced and unbalanced x 15 reps + the stress scenario x 3,
+    # 5 series each (gloo, mpi, bls L = 0, 4, 8)
+    assert len(launches) == 58 and len(expected_design(cfg)) == 290
     assert cfg["ranks"] == [2] and cfg["run"]["binding"] == "core"
     assert cfg["repetitions"] >= 5 and cfg["run"]["iterations"] >= 300
     reps = {s["name"]: s.get("repetitions") or cfg["repetitions"] for s in cfg["scenarios"]}
-    # The narrow windows (claim (a), the unbalanced check) get the larger sample.
-    assert reps["balanced"] == reps["unbalanced"] == 15 and min(reps.values()) >= 5
+    # The narrow windows (claim (a), the unbalanced check) get the larger sample; every
+    # judged workload has at least 5 repetitions (the stress scenario is never judged).
+    assert reps["balanced"] == reps["unbalanced"] == 15
+    assert min(r for name, r in reps.items() if name != "oversubscribed") >= 5
+    # The judged lag bounds are in the sweep.
+    protocol_lags = {
+        lag
+        for item in yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())["claims"]
+        for lag in item.get("lag_bounds", [])
+    }
+    assert protocol_lags <= set(cfg["lag_bounds"]) and 0 in cfg["lag_bounds"]
     # Every workload the protocol judges is in the sweep, and only the stress scenario is
     # oversubscribed.
     protocol = yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())
