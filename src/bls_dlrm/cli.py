@@ -78,10 +78,27 @@ def _per_table(text: str) -> dict[int, dict]:
 
 def _criteo(args: argparse.Namespace) -> int:
     from .data import fetch, preprocess_criteo
+    from .data.criteo import prepare_source
 
     src = Path(args.source)
-    if args.fetch_to is not None:
-        src = fetch(args.source, args.fetch_to, sha256=args.sha256)
+    if args.record is not None:  # verified once, then trusted while the file is unchanged
+        if args.sha256 is None:
+            raise ValueError("--record needs --sha256")
+        src = prepare_source(
+            args.source,
+            args.sha256,
+            args.record,
+            fetch_to=args.fetch_to,
+            member=args.member,
+            kind=args.kind,
+        )
+    elif args.fetch_to is not None:
+        src = fetch(args.source, args.fetch_to, sha256=args.sha256, member=args.member)
+    if args.verify_only:
+        print(src)
+        return 0
+    if args.out is None:
+        raise ValueError("--out is required (unless --verify-only)")
     out = preprocess_criteo(
         src,
         args.out,
@@ -177,12 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="URL or local path of train.txt / day_N (.gz allowed)")
     p.add_argument("--fetch-to", type=Path, help="copy/download the source here first")
     p.add_argument("--sha256", help="expected checksum of the fetched file")
+    p.add_argument("--member", help="file to extract from a tar archive (e.g. train.txt)")
+    p.add_argument(
+        "--record",
+        type=Path,
+        help="verification record: check --sha256 once (also of a local file), reuse after",
+    )
+    p.add_argument(
+        "--verify-only", action="store_true", help="check (and fetch) the source, no preprocessing"
+    )
     p.add_argument("--kind", default="kaggle", choices=("kaggle", "terabyte"))
     p.add_argument("--max-rows", type=int, help="hashing range cap per table")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--limit", type=int, help="read only the first N samples")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     p.set_defaults(func=_criteo)
 
     from . import infer

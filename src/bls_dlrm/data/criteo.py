@@ -25,6 +25,13 @@ sha256 of the bytes as fetched, unpacks ``.gz`` (or one ``member`` of a tar arch
 ``train.txt`` from the Kaggle ``dac.tar.gz``), and leaves a ``.fetch.json`` record with the
 checksums next to the result. ``write_criteo_sample`` writes a small synthetic file in the
 Criteo format, for tests and for a workflow without the real data.
+
+``prepare_source`` is the workflow's entry: it makes a Criteo source available as a local
+file whose sha256 has been checked, once. Hashing a file of tens of GB takes minutes, so
+the result goes into a record (path, size, modification time, sha256); while the file keeps
+its size and modification time, later calls trust the record instead of hashing again. A
+source that is absent or cannot be fetched raises ``SourceUnavailableError``, whose message
+says where the published files are (``CRITEO_SOURCES``).
 """
 
 from __future__ import annotations
@@ -51,12 +58,15 @@ from .store import DatasetError, DatasetWriter, MissingFileError
 
 __all__ = [
     "CRITEO_KINDS",
+    "CRITEO_SOURCES",
     "FETCH_RECORD_SUFFIX",
     "NUM_CATEGORICAL",
     "NUM_DENSE",
+    "SourceUnavailableError",
     "fetch",
     "hash_categorical",
     "log_transform",
+    "prepare_source",
     "preprocess_criteo",
     "write_criteo_sample",
 ]
@@ -64,6 +74,21 @@ __all__ = [
 NUM_DENSE = 13
 NUM_CATEGORICAL = 26
 CRITEO_KINDS = ("kaggle", "terabyte")
+
+#: Where the published files are, by kind (named in the error for an absent source).
+CRITEO_SOURCES = {
+    "kaggle": (
+        "Criteo Kaggle (Display Advertising Challenge): train.txt (45,840,617 lines, about "
+        "11 GB) inside the archive published by Criteo at "
+        "https://go.criteo.net/criteo-research-kaggle-display-advertising-challenge-dataset.tar.gz"
+        " (formerly dac.tar.gz; about 4.3 GB)"
+    ),
+    "terabyte": (
+        "Criteo Terabyte (1TB Click Logs): one file per day, day_0.gz .. day_23.gz, "
+        "published by Criteo at https://huggingface.co/datasets/criteo/CriteoClickLogs "
+        "(see https://ailab.criteo.com/download-criteo-1tb-click-logs-dataset/)"
+    ),
+}
 
 #: Suffix of the record ``fetch`` writes next to what it fetched.
 FETCH_RECORD_SUFFIX = ".fetch.json"
@@ -368,15 +393,22 @@ def write_criteo_sample(path: str | Path, rows: int, seed: int = 0) -> Path:
 # -- download step --------------------------------------------------------------------------
 
 
+class SourceUnavailableError(MissingFileError):
+    """A Criteo source file that is absent or cannot be fetched (no network, wrong URL)."""
+
+
 def _open_source(src: str) -> tuple[IO[bytes], int | None, str]:
     if "://" in src:
-        response = urllib.request.urlopen(src, timeout=60)
+        try:
+            response = urllib.request.urlopen(src, timeout=60)
+        except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, bad URLs
+            raise SourceUnavailableError(f"{src}: cannot be fetched ({exc})") from None
         size = response.headers.get("Content-Length")
         name = Path(urllib.request.url2pathname(src.split("://", 1)[1].split("?")[0])).name
         return response, int(size) if size else None, name
     path = Path(src)
     if not path.is_file():
-        raise MissingFileError(f"{path}: source file not found")
+        raise SourceUnavailableError(f"{path}: source file not found")
     return open(path, "rb"), path.stat().st_size, path.name
 
 
@@ -469,3 +501,120 @@ def fetch(
     finally:
         for leftover in (raw, partial, sidecar_tmp):
             leftover.unlink(missing_ok=True)
+
+
+# -- a verified local source, hashed once -------------------------------------------------
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source
+
+
+def _file_state(path: Path) -> dict:
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _trusted(record: dict, source: str, sha256: str, member: str | None) -> Path | None:
+    """The local file of a record that still describes ``source``, else None."""
+    if (
+        record.get("source") != source
+        or record.get("member") != member
+        or record.get("expected_sha256") != sha256
+    ):
+        return None
+    local = Path(record.get("path", ""))
+    if not local.is_file() or _file_state(local) != {
+        "bytes": record.get("bytes"),
+        "mtime_ns": record.get("mtime_ns"),
+    }:
+        return None
+    return local
+
+
+def _unavailable(source: str, kind: str, why: str) -> SourceUnavailableError:
+    where = CRITEO_SOURCES.get(kind, "the Criteo download pages")
+    return SourceUnavailableError(
+        f"{source}: {why}. This workflow reads the real Criteo data, which it cannot "
+        f"download on its own here. Get {where}; then set the source to the local file "
+        "(or a URL this machine can reach) and sha256 to its checksum."
+    )
+
+
+def prepare_source(
+    source: str | Path,
+    sha256: str,
+    record: str | Path,
+    *,
+    fetch_to: str | Path | None = None,
+    member: str | None = None,
+    kind: str = "kaggle",
+    progress: bool | None = None,
+) -> Path:
+    """A local, verified copy of a Criteo source; returns the file to preprocess.
+
+    ``source`` is a local path or a URL; ``sha256`` the expected checksum of its bytes (of
+    the archive when ``member`` names a file inside a tar archive). A plain local file is
+    read where it is; a URL or an archive is fetched (``fetch``) to ``fetch_to``. The outcome
+    goes to ``record`` (JSON: source, member, expected and verified sha256, the local path,
+    its size and modification time). A record that still matches the source, the checksum
+    and the local file's size and modification time is trusted: no second hash.
+
+    Raises ``SourceUnavailableError`` (absent file, unreachable URL; the message says where
+    the published files are) and ``DatasetError`` for a checksum that does not match.
+    """
+    source, record = str(source), Path(record)
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    sha256 = sha256.lower()
+    if record.is_file():
+        try:
+            local = _trusted(json.loads(record.read_text()), source, sha256, member)
+        except (ValueError, TypeError):
+            local = None
+        if local is not None:
+            return local
+    if not _is_url(source) and not Path(source).is_file():
+        raise _unavailable(source, kind, "the file is not there")
+    if _is_url(source) or member is not None:
+        if fetch_to is None:
+            raise ValueError(f"{source}: a URL or an archive member needs fetch_to")
+        try:
+            local = fetch(source, fetch_to, sha256=sha256, member=member, progress=progress)
+        except SourceUnavailableError as exc:
+            raise _unavailable(source, kind, str(exc).removeprefix(f"{source}: ")) from None
+        local = local.resolve()
+    else:
+        local = Path(source).resolve()
+        digest = hashlib.sha256()
+        with (
+            open(local, "rb") as f,
+            tqdm(
+                total=local.stat().st_size,
+                desc=f"sha256 {local.name}",
+                unit="B",
+                unit_scale=True,
+                disable=(not _is_tty()) if progress is None else not progress,
+            ) as bar,
+        ):
+            while block := f.read(1 << 22):
+                digest.update(block)
+                bar.update(len(block))
+        if digest.hexdigest() != sha256:
+            raise DatasetError(
+                f"{source}: sha256 {digest.hexdigest()} does not match the expected "
+                f"{sha256}: a different or damaged file (the check reads the whole file)"
+            )
+    entry = {
+        "source": source,
+        "member": member,
+        "expected_sha256": sha256,
+        "verified": True,
+        "path": str(local),
+        **_file_state(local),
+    }
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".partial")
+    tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
+    tmp.rename(record)
+    return local
