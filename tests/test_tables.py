@@ -354,11 +354,18 @@ def test_placement_and_series_columns_from_the_headers(tmp_path, mpi_run):
 
 
 def test_ranks_on_two_hosts_are_put_on_one_timeline(tmp_path, mpi_run):
-    """Rank 1 on a host whose monotonic clock reads 1000 s more: same tables after alignment."""
+    """Rank 1 on a host whose monotonic clock reads 1000 s more: same tables after alignment
+    (by the offset its header logs; tests/test_clocks.py covers the alignment in depth)."""
 
     def other_host(header):
         if header["rank"] == 1:
-            header.update(host="node02", t0=header["t0"] + 1000.0)
+            header.update(
+                host="node02",
+                t0=header["t0"] + 1000.0,
+                clock_offset_s=1000.0,
+                clock_error_s=1e-5,
+                clock_sync_t=header["t0"] + 1000.0,
+            )
 
     def shift(record, rank):
         if rank == 1:
@@ -367,7 +374,8 @@ def test_ranks_on_two_hosts_are_put_on_one_timeline(tmp_path, mpi_run):
 
     moved = read_run(copy_run(MPI, tmp_path / "two-hosts", other_host, shift))
     it = tables.iterations_table(moved)
-    assert set(it.loc[it["rank"] == 1, "clock_offset_s"]) == {-1000.0}
+    assert set(it.loc[it["rank"] == 1, "clock_offset_s"]) == {1000.0}
+    assert set(it.loc[it["rank"] == 1, "clock_error_s"]) == {1e-5}
     a = tables.runs_table([mpi_run]).iloc[0]
     b = tables.runs_table([moved]).iloc[0]
     assert b["hosts"] == 2

@@ -670,9 +670,17 @@ class _Pipeline:
 
 
 def series_header(
-    ctx: _Context, series: Series, out_dir: Path, order, index, t_origin=None, **extra
+    ctx: _Context,
+    series: Series,
+    out_dir: Path,
+    order,
+    index,
+    t_origin=None,
+    clock_sync=None,
+    **extra,
 ):
-    """The log header of one series on this rank (``extra``: more config keys)."""
+    """The log header of one series on this rank (``extra``: more config keys;
+    ``clock_sync``: the offset to rank 0's clock, :func:`bls_dlrm.clocks.measure`)."""
     from . import records
 
     cfg = ctx.cfg
@@ -708,6 +716,7 @@ def series_header(
         cores_per_rank=ctx.place["cores_per_rank"],
         binding=ctx.place["binding"],
         t_origin=t_origin,
+        clock_sync=clock_sync,
     )
 
 
@@ -759,12 +768,14 @@ def _run_series(
 
     ``times``, if given, receives every iteration's (t_start, t_done, work)."""
     import torch
+    from mpi4py import MPI
 
-    from . import records
+    from . import clocks, records
 
     cfg, store = ctx.cfg, ctx.store
     total = cfg.warmup + cfg.iterations
-    header = series_header(ctx, series, out_dir, order, index)
+    clock_sync = clocks.measure(MPI.COMM_WORLD)  # offsets to rank 0's clock, before the run
+    header = series_header(ctx, series, out_dir, order, index, clock_sync=clock_sync)
     preds_kept = [] if predictions_out is not None else None
     bar = _progress(ctx.rank, total, progress, series.label)
     with gc_paused(), torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
@@ -773,7 +784,7 @@ def _run_series(
             pipe.post(i, store.batch(i % store.num_batches))
             pipe.bound()
         pipe.drain()
-        footer = writer.close()
+        footer = writer.close(clock_sync=clocks.measure(MPI.COMM_WORLD))  # and after it
     if bar is not None:
         bar.close()
     save_predictions(preds_kept, predictions_out, ctx.rank)

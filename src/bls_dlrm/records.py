@@ -9,7 +9,11 @@ between the inference loop (writer) and :mod:`bls_dlrm.tables` (reader):
   a :class:`Footer` with totals over the measured iterations. A file without a footer is an
   incomplete run;
 - times are seconds from ``time.monotonic()``: one clock per host, shared by the ranks of a
-  host, so times of ranks on one host can be compared directly.
+  host, so times of ranks on one host can be compared directly. To compare hosts, each
+  rank's offset to rank 0's clock is measured through MPI at the start and at the end of a
+  run (:mod:`bls_dlrm.clocks`) and logged in the header and the footer
+  (``clock_offset_s``, ``clock_error_s``, ``clock_sync_t``); the wall-clock
+  ``started_utc`` is provenance only.
 
 A log is written as ``rank{r}.jsonl.partial``, flushed line by line so a killed rank leaves
 what it had done, and renamed to ``rank{r}.jsonl`` only after the footer is written and
@@ -37,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TextIO
+from typing import Annotated, Any, Literal, NamedTuple, Self, TextIO
 
 import msgspec
 
@@ -45,6 +49,7 @@ __all__ = [
     "BINDINGS",
     "COLLECTIVES",
     "SCHEMA_VERSION",
+    "ClockSync",
     "Footer",
     "Header",
     "IncompleteRunError",
@@ -108,13 +113,61 @@ _Seconds = Annotated[float, msgspec.Meta(ge=0)]
 _HexDigest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]+$")]
 
 
+class ClockSync(NamedTuple):
+    """One measurement of a rank's monotonic clock against rank 0's.
+
+    ``offset_s`` is this rank's clock minus rank 0's (a time ``t`` on this rank is
+    ``t - offset_s`` on rank 0's clock), ``error_s`` bounds how far the true offset can be
+    from it (half the round trip it was measured with), ``t`` is this rank's clock reading
+    at the measurement. Rank 0 logs ``(0, 0, t)``.
+    """
+
+    offset_s: float
+    error_s: float
+    t: float
+
+    def fields(self) -> dict[str, float]:
+        """The record fields that carry it."""
+        return {
+            "clock_offset_s": self.offset_s,
+            "clock_error_s": self.error_s,
+            "clock_sync_t": self.t,
+        }
+
+
+_CLOCK_FIELDS = ("clock_offset_s", "clock_error_s", "clock_sync_t")
+
+
+def _clock_sync(record: Any) -> ClockSync | None:
+    values = [getattr(record, name) for name in _CLOCK_FIELDS]
+    if all(v is None for v in values):
+        return None
+    return ClockSync(*values)
+
+
+def _clock_problem(record: Any) -> str | None:
+    """Why the clock fields of a header or footer are unusable, or None if they are fine."""
+    values = [getattr(record, name) for name in _CLOCK_FIELDS]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        return f"clock fields {', '.join(_CLOCK_FIELDS)} go together (some are missing)"
+    for name, v in zip(_CLOCK_FIELDS, values, strict=True):
+        if not math.isfinite(v):
+            return f"field {name!r} must be a finite number, got {v!r}"
+    if values[1] < 0:
+        return f"field 'clock_error_s' must be >= 0, got {values[1]!r}"
+    return None
+
+
 class Header(msgspec.Struct, tag_field="record", tag="header"):
     """What a run was: identity, full resolved config, software and clock.
 
     ``lag_bound`` is the BLS bound ``L`` (None for the synchronous baselines, which behave
     as ``L = 0``, or for an unbounded BLS run). ``t0`` is the monotonic clock reading taken
-    together with the wall-clock ``started_utc``, so runs spanning hosts can be put on one
-    timeline.
+    together with the wall-clock ``started_utc`` (provenance: when the run was made). The
+    clock fields hold the offset to rank 0's clock measured right before the run
+    (:class:`ClockSync`); the footer holds the one measured right after it.
     """
 
     run_id: str
@@ -144,6 +197,12 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
     # Open loop only (`bls-dlrm serve`): the instant this rank counts arrivals from, on its
     # own monotonic clock (the end of a barrier plus a margin); per rank, not in config.
     t_origin: float | None = None
+    # Optional (absent from older logs, read as None; all three or none): this rank's
+    # monotonic clock against rank 0's, measured through MPI right before the run
+    # (:class:`ClockSync`; the footer has the one measured right after it).
+    clock_offset_s: float | None = None
+    clock_error_s: float | None = None
+    clock_sync_t: float | None = None
     # The log format version; the reader refuses any other (and a header without it).
     schema: int = SCHEMA_VERSION
 
@@ -167,6 +226,7 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
         cores_per_rank: int | None = None,
         binding: str | None = None,
         t_origin: float | None = None,
+        clock_sync: ClockSync | None = None,
     ) -> Header:
         """A header stamped now: clock reading, UTC time, host, versions and git revision.
 
@@ -196,9 +256,15 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
             cores_per_rank=cores_per_rank,
             binding=binding,
             t_origin=t_origin,
+            **(clock_sync.fields() if clock_sync is not None else {}),
         )
         header.validate()
         return header
+
+    @property
+    def clock_sync(self) -> ClockSync | None:
+        """The offset to rank 0's clock measured before the run (None in older logs)."""
+        return _clock_sync(self)
 
     def validate(self) -> None:
         """Raise ValueError if a field has a value no reader would accept."""
@@ -206,28 +272,32 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
 
     def to_dict(self) -> dict[str, Any]:
         """The header line as a JSON-ready dict (with ``record`` and ``schema``)."""
-        return {
-            "record": "header",
-            "schema": self.schema,
-            "run_id": self.run_id,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "collective": self.collective,
-            "lag_bound": self.lag_bound,
-            "config": self.config,
-            "versions": self.versions,
-            "host": self.host,
-            "git_rev": self.git_rev,
-            "clock": self.clock,
-            "t0": self.t0,
-            "started_utc": self.started_utc,
-            "series_order": self.series_order,
-            "series_index": self.series_index,
-            "shuffle_seed": self.shuffle_seed,
-            "cores": self.cores,
-            "cores_per_rank": self.cores_per_rank,
-            "binding": self.binding,
-        } | ({"t_origin": self.t_origin} if self.t_origin is not None else {})
+        return (
+            {
+                "record": "header",
+                "schema": self.schema,
+                "run_id": self.run_id,
+                "rank": self.rank,
+                "world_size": self.world_size,
+                "collective": self.collective,
+                "lag_bound": self.lag_bound,
+                "config": self.config,
+                "versions": self.versions,
+                "host": self.host,
+                "git_rev": self.git_rev,
+                "clock": self.clock,
+                "t0": self.t0,
+                "started_utc": self.started_utc,
+                "series_order": self.series_order,
+                "series_index": self.series_index,
+                "shuffle_seed": self.shuffle_seed,
+                "cores": self.cores,
+                "cores_per_rank": self.cores_per_rank,
+                "binding": self.binding,
+            }
+            | ({"t_origin": self.t_origin} if self.t_origin is not None else {})
+            | _clock_dict(self)
+        )
 
 
 class Iteration(msgspec.Struct, tag_field="record", tag="iteration", gc=False):
@@ -305,7 +375,8 @@ class Footer(msgspec.Struct, tag_field="record", tag="footer", gc=False):
 
     ``iterations`` counts all iterations (warm-up included); the other totals are over the
     measured ones. ``elapsed_s`` runs from the first measured ``t_start`` to the last
-    ``t_done`` on this rank (0 without measured iterations).
+    ``t_done`` on this rank (0 without measured iterations). The clock fields (optional,
+    as in the header) hold the offset to rank 0's clock measured right after the run.
     """
 
     iterations: _Count
@@ -316,6 +387,9 @@ class Footer(msgspec.Struct, tag_field="record", tag="footer", gc=False):
     delay_s: _Seconds
     compute_s: _Seconds
     status: str = "ok"
+    clock_offset_s: float | None = None
+    clock_error_s: float | None = None
+    clock_sync_t: float | None = None
 
     @classmethod
     def summarise(cls, iterations: list[Iteration]) -> Footer:
@@ -324,6 +398,11 @@ class Footer(msgspec.Struct, tag_field="record", tag="footer", gc=False):
         for it in iterations:
             totals.add(it)
         return totals.footer()
+
+    @property
+    def clock_sync(self) -> ClockSync | None:
+        """The offset to rank 0's clock measured after the run (None in older logs)."""
+        return _clock_sync(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The footer line as a JSON-ready dict."""
@@ -337,7 +416,13 @@ class Footer(msgspec.Struct, tag_field="record", tag="footer", gc=False):
             "delay_s": self.delay_s,
             "compute_s": self.compute_s,
             "status": self.status,
-        }
+        } | _clock_dict(self)
+
+
+def _clock_dict(record: Header | Footer) -> dict[str, float]:
+    """The clock fields of a header or footer for its line (none if not measured)."""
+    sync = record.clock_sync
+    return {} if sync is None else sync.fields()
 
 
 @dataclass(slots=True)
@@ -524,11 +609,13 @@ class RunLogWriter:
         self._totals.add(iteration)
         self._next += 1
 
-    def close(self, footer: Footer | None = None) -> Path:
+    def close(self, footer: Footer | None = None, *, clock_sync: ClockSync | None = None) -> Path:
         """Write the footer (computed from the written iterations if not given), sync, rename.
 
         A given footer must agree with the written iterations in its counts; a mismatch
-        raises before the rename and leaves the log incomplete. Returns the final path.
+        raises before the rename and leaves the log incomplete. ``clock_sync``, the offset
+        to rank 0's clock measured after the run, goes into the footer. Returns the final
+        path.
         """
         f = self._file
         if f is None:
@@ -543,6 +630,11 @@ class RunLogWriter:
                         f"{self.partial}: footer {name}={getattr(footer, name)} but the log "
                         f"holds {getattr(expected, name)}"
                     )
+        if clock_sync is not None:
+            footer = msgspec.structs.replace(footer, **clock_sync.fields())
+        problem = _clock_problem(footer)
+        if problem:
+            raise ValueError(f"{self.partial}: footer {problem}")
         f.write(_dumps(footer.to_dict()))
         f.flush()
         os.fsync(f.fileno())
@@ -717,6 +809,8 @@ def _check_header(d: dict[str, Any]) -> Header:
         )
     if not math.isfinite(header.t0):
         raise ValueError(f"field 't0' must be a finite number, got {header.t0!r}")
+    if problem := _clock_problem(header):
+        raise ValueError(problem)
     try:
         datetime.fromisoformat(header.started_utc)
     except ValueError:
@@ -879,6 +973,8 @@ def read_rank(path: str | os.PathLike[str]) -> RankLog:
                 footer = record
                 if footer.status != "ok":
                     raise ValueError(f"status must be 'ok', got {footer.status!r}")
+                if problem := _clock_problem(footer):
+                    raise ValueError(problem)
                 mismatch = _footer_mismatch(footer, iterations)
                 if mismatch:
                     raise ValueError(mismatch)

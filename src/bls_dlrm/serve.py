@@ -204,7 +204,7 @@ def _open_loop(
     import torch
     from mpi4py import MPI
 
-    from . import records
+    from . import clocks, records
     from .infer import _Pipeline, gc_paused, series_header
     from .serving import gather
 
@@ -216,6 +216,7 @@ def _open_loop(
     fill = np.minimum(sched.batch_samples() / ctx.store.batch_size, 1.0)
     run_ctx = _run_context(ctx, warm, max(n - warm, 1), scale=fill)
     gc.collect()  # before the start instant: the loop's own collect is then quick
+    clock_sync = clocks.measure(comm)  # offsets to rank 0's clock, before the run
     t_origin = _agree_start(comm)
     header = series_header(
         run_ctx,
@@ -224,6 +225,7 @@ def _open_loop(
         order,
         index,
         t_origin=t_origin,
+        clock_sync=clock_sync,
         serve=spec.to_dict() | {"batches": n} | extra,
     )
     start = np.full(n, np.nan)
@@ -243,7 +245,7 @@ def _open_loop(
             pipe.post(i, batch, t_close=close)
             pipe.bound()
         pipe.drain()
-        writer.close()
+        writer.close(clock_sync=clocks.measure(comm))  # and after it
     done = np.array([pipe.times[i][1] for i in range(n)])
     return t_origin, start, done
 

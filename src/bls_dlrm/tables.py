@@ -6,7 +6,8 @@ derived quantity is defined once, here:
 ``iterations`` (:func:`iterations_table`), one row per rank and measured iteration
     run_id, rank, host, iteration, warmup, samples, the six phase times ``t_start`` ..
     ``t_done``, ``latency_s`` (``t_done - t_start`` on that rank), wait_s, delay_s,
-    compute_s, lag, checksum, ``clock_offset_s``, then the run parameters.
+    compute_s, lag, checksum, ``clock_offset_s`` and ``clock_error_s`` (see below), then
+    the run parameters.
 
 ``per_iteration`` (:func:`per_iteration_table`), one row per measured iteration of a run
     ``latency_s`` = max over ranks of ``t_done - t_start`` (the paper's per-iteration
@@ -40,7 +41,8 @@ derived quantity is defined once, here:
     every rank works equally long; what skew and delays create);
     ``predictions_checksum`` (SHA-256 over the per-iteration checksums);
     counts (``iterations`` with warm-up, ``measured_iterations``, ``samples``); provenance
-    (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``); placement and
+    (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``); ``clock_error_s``,
+    the largest bound on the clock alignment of any rank (0 on one host); placement and
     order from the headers: ``binding`` (as logged, ``"mixed"`` if ranks differ),
     ``cores_per_rank`` (fewest over ranks), ``series_order`` (the launch's series labels
     joined by ``|``), ``series_index``, ``shuffle_seed`` (null for logs without them).
@@ -52,10 +54,21 @@ resolved config flattened to ``config.<key>.<subkey>`` columns (for example
 lists become JSON strings so they can be grouped on; the ``config.`` prefix keeps config
 keys such as ``warmup`` or ``iterations`` from colliding with measured columns.
 
-Times are seconds. Within one host all ranks read one monotonic clock, so cross-rank
-quantities (makespan, spreads) are exact. When a run spans hosts, each host's times are
-shifted onto rank 0's clock using the headers' ``started_utc``/``t0`` pairs; the shift is in
-``clock_offset_s`` and is only as good as the hosts' wall-clock synchronisation.
+Times are seconds, all on rank 0's monotonic clock. Ranks of rank 0's host read that clock
+(offset 0, error 0), so on one host cross-rank quantities (makespan, spreads) are exact.
+The times of a rank on another host are moved onto it with the offsets measured through MPI
+ping-pong right before and right after the run (:mod:`bls_dlrm.clocks`; header and footer
+of each log): each host takes, at either end, the measurement of its ranks with the
+smallest error bound, and the offset of an iteration is interpolated linearly between the
+two in that host's own time at the iteration's ``t_start`` (so a drift between the clocks
+during the run is followed, and times of one host stay exactly as far apart as logged).
+``clock_offset_s`` is that offset (the rank's clock minus rank 0's; the table's times are
+the logged ones minus it) and ``clock_error_s`` bounds its error (the larger of the two
+measurements' bounds, half a round trip each): cross-host differences of times are exact
+to within the sum of the two ranks' bounds. Logs made before these measurements existed
+align only ranks of one host; a run of them spanning hosts leaves each host on its own
+clock (``clock_error_s`` NaN) and warns. Wall clocks play no part (``started_utc`` is
+provenance only).
 """
 
 from __future__ import annotations
@@ -69,7 +82,6 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,6 +89,7 @@ import numpy as np
 import pandas as pd
 
 from bls_dlrm.records import (
+    ClockSync,
     IncompleteRunError,
     RunLog,
     is_complete,
@@ -148,19 +161,58 @@ def _effective_lag_bound(run: RunLog) -> int | None:
     return run.lag_bound if run.collective == "bls" else 0
 
 
-def _clock_offsets(run: RunLog) -> list[float]:
-    """Per-rank shift onto rank 0's clock: zero when all ranks share a host's clock."""
+class _Alignment(NamedTuple):
+    """How one rank's times go onto rank 0's clock: ``t - offset(t)``, within ``error``."""
+
+    start: ClockSync | None
+    end: ClockSync | None
+    error: float
+
+    def offset(self, t: float) -> float:
+        """The offset at this rank's time ``t``: linear between the two measurements."""
+        start, end = self.start, self.end
+        if start is None or end is None:
+            known = start or end
+            return 0.0 if known is None else known.offset_s
+        if end.t <= start.t:
+            return start.offset_s
+        share = min(max((t - start.t) / (end.t - start.t), 0.0), 1.0)
+        return start.offset_s + share * (end.offset_s - start.offset_s)
+
+
+_SAME_CLOCK = _Alignment(None, None, 0.0)
+
+
+def _best(syncs: Iterable[ClockSync | None]) -> ClockSync | None:
+    """The measurement with the smallest error bound (None if there is none)."""
+    return min((s for s in syncs if s is not None), key=lambda s: s.error_s, default=None)
+
+
+def _clock_alignment(run: RunLog) -> list[_Alignment]:
+    """Per rank: how its times go onto rank 0's clock (module docstring)."""
     hosts = [log.header.host for log in run]
-    if len(set(hosts)) == 1:
-        return [0.0] * len(hosts)
-    # Monotonic reading -> UTC seconds, from the lowest rank on each host.
-    per_host: dict[str, float] = {}
-    for log in run:
-        if log.header.host not in per_host:
-            utc = datetime.fromisoformat(log.header.started_utc).timestamp()
-            per_host[log.header.host] = utc - log.header.t0
-    base = per_host[hosts[0]]
-    return [per_host[h] - base for h in hosts]
+    per_host: dict[str, _Alignment] = {hosts[0]: _SAME_CLOCK}
+    unaligned: list[str] = []
+    for host in dict.fromkeys(hosts[1:]):
+        if host in per_host:
+            continue
+        logs = [log for log in run if log.header.host == host]
+        start = _best(log.header.clock_sync for log in logs)
+        end = _best(log.footer.clock_sync for log in logs)
+        if start is None and end is None:
+            unaligned.append(host)
+            per_host[host] = _Alignment(None, None, math.nan)
+            continue
+        error = max(s.error_s for s in (start, end) if s is not None)
+        per_host[host] = _Alignment(start, end, error)
+    if unaligned:
+        warnings.warn(
+            f"{run.run_dir}: the run spans hosts but the logs of {', '.join(unaligned)} carry "
+            "no clock offsets (made before they were measured): their times stay on their "
+            "own clocks",
+            stacklevel=3,
+        )
+    return [per_host[h] for h in hosts]
 
 
 def _broadcast(df: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
@@ -187,10 +239,10 @@ def iterations_table(run: RunLog, *, include_warmup: bool = False) -> pd.DataFra
     Warm-up iterations are left out unless ``include_warmup`` (for timeline plots); every
     statistic in the other tables is over measured iterations only.
     """
-    offsets = _clock_offsets(run)
+    alignment = _clock_alignment(run)
     rows = [
-        (log.header.rank, log.header.host, offset, it)
-        for log, offset in zip(run, offsets, strict=True)
+        (log.header.rank, log.header.host, align.offset(it.t_start), it, align.error)
+        for log, align in zip(run, alignment, strict=True)
         for it in log.iterations
         if include_warmup or not it.warmup
     ]
@@ -205,17 +257,21 @@ def iterations_table(run: RunLog, *, include_warmup: bool = False) -> pd.DataFra
     }
     for name in TIME_COLUMNS:
         columns[name] = pd.Series(
-            [getattr(it, name) + off for _, _, off, it in rows], dtype="float64"
+            [getattr(it, name) - off for _, _, off, it, _ in rows], dtype="float64"
         )
-    columns["latency_s"] = columns["t_done"] - columns["t_start"]
+    # From the logged times: one rank's durations never pass through another clock.
+    columns["latency_s"] = pd.Series(
+        [it.t_done - it.t_start for _, _, _, it, _ in rows], dtype="float64"
+    )
     for name in ("wait_s", "delay_s", "compute_s"):
         columns[name] = pd.Series([getattr(r[3], name) for r in rows], dtype="float64")
     columns["lag"] = pd.Series([r[3].lag for r in rows], dtype="int64")
     columns["checksum"] = pd.Series([r[3].checksum for r in rows], dtype="str")
     columns["clock_offset_s"] = pd.Series([r[2] for r in rows], dtype="float64")
+    columns["clock_error_s"] = pd.Series([r[4] for r in rows], dtype="float64")
     # Open-loop runs only (bls-dlrm serve); NaN / <NA> in closed-loop runs.
     columns["t_close"] = pd.Series(
-        [np.nan if it.t_close is None else it.t_close + off for _, _, off, it in rows],
+        [np.nan if it.t_close is None else it.t_close - off for _, _, off, it, _ in rows],
         dtype="float64",
     )
     columns["batch_samples"] = pd.Series([r[3].batch_samples for r in rows], dtype="Int64")
@@ -366,6 +422,7 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
         "predictions_checksum": _combine_checksums(per_iteration["checksum"]),
         "run_dir": str(run.run_dir),
         "hosts": len({log.header.host for log in run}),
+        "clock_error_s": float(iterations["clock_error_s"].max()) if len(iterations) else 0.0,
         "git_rev": header.git_rev,
         "started_utc": min(log.header.started_utc for log in run),
     }
