@@ -63,3 +63,7 @@ class MPIRun:
 @pytest.fixture
 def mpirun(tmp_path) -> MPIRun:
     return MPIRun(tmp_path)
+
+
+# Ranks on several namespace hosts of this machine (tests/multihost.py).
+from multihost import netns_hosts  # noqa: E402, F401

@@ -6,7 +6,9 @@ namespace) and optionally its own monotonic and boot clock offset (a time namesp
 venv's ``mpiexec`` (MPICH Hydra) starts its proxies on them through a launcher script that
 stands in for ``ssh``: it drops the ssh options, maps the host argument (an address) to
 its namespace and runs the proxy command under ``ip netns exec`` and ``unshare``. Inside a
-host, MPICH uses shared memory; between hosts, TCP over the bridge.
+host, MPICH uses shared memory; between hosts, TCP over the bridge (the ranks' UCX is told
+to use only its TCP transport on the bridge: left alone, it would see one machine and use
+shared memory between hosts too).
 
 Everything the harness makes carries a prefix unique to the process (``blsh<pid>``):
 namespaces ``blsh<pid>-h<i>``, bridge ``blsh<pid>br``, veths, a hosts file per namespace
@@ -384,6 +386,15 @@ class NetnsHosts:
         return [
             str(mpiexec_path()),
             "-iface",
+            self.bridge,
+            # MPICH's UCX netmod takes ranks on one machine for one node and would move
+            # their data through shared memory or cross-memory attach: between hosts, only
+            # TCP over the bridge (MPICH's own shared memory still serves a host's ranks).
+            "-genv",
+            "UCX_TLS",
+            "self,tcp",
+            "-genv",
+            "UCX_NET_DEVICES",
             self.bridge,
             "-launcher",
             "ssh",
