@@ -64,9 +64,13 @@ __all__ = [
     "ExchangeCost",
     "Simulation",
     "bench_table",
+    "best_sync",
     "bytes_per_peer",
     "calibrate_overhead",
+    "delay_specs",
     "exchange_samples",
+    "fit_from_sweep",
+    "run_key",
     "scale_out",
     "simulate",
     "validation_table",
@@ -112,7 +116,10 @@ class ExchangeCost:
         if bytes_per_peer < 0:
             raise ValueError(f"bytes_per_peer must be >= 0, got {bytes_per_peer!r}")
         peers = ranks - 1
-        return self.a + self.b * peers + self.c * float(bytes_per_peer) * peers
+        out = self.a + self.b * peers
+        if self.c:  # an unknown size (NaN) costs nothing when bandwidth is not modelled
+            out += self.c * float(bytes_per_peer) * peers
+        return out
 
     @classmethod
     def fit(cls, table: pd.DataFrame | Mapping[str, Sequence[float]]) -> ExchangeCost:
@@ -227,22 +234,25 @@ def simulate(
     o = float(overhead_s)
     if not math.isfinite(o) or o < 0:
         raise ValueError(f"overhead_s must be finite seconds >= 0, got {overhead_s!r}")
-    start = np.zeros_like(w)
-    finish = np.zeros_like(w)
-    complete = np.zeros(iterations, dtype=np.float64)
+    # Rows of the transposed matrices are iterations: each step reads and writes
+    # contiguous memory. w + o is added once up front (o = 0 leaves w as it is, so a free
+    # exchange repeats theory.start_times operation for operation).
+    wt = np.ascontiguousarray(w.T)
+    if o:
+        wt = wt + o
+    start_t = np.empty_like(wt)
+    finish_t = np.empty_like(wt)
+    complete: list[float] = []
     own = np.zeros(ranks, dtype=np.float64)
     for i in range(iterations):
-        s = own
-        if lag is not None and i - lag - 1 >= 0:
-            s = np.maximum(s, complete[i - lag - 1])
-        start[:, i] = s
-        f = s + w[:, i]
-        if o:
-            f = f + o
-        finish[:, i] = f
-        own = f
-        complete[i] = f.max() + x if x else f.max()
-    return Simulation(start, finish, complete, x, o, lag)
+        gate = -1 if lag is None else i - lag - 1
+        s = np.maximum(own, complete[gate]) if gate >= 0 else own
+        start_t[i] = s
+        own = finish_t[i]
+        np.add(s, wt[i], out=own)
+        complete.append(float(own.max()) + x)
+    start, finish = start_t.T, finish_t.T
+    return Simulation(start, finish, np.asarray(complete, dtype=np.float64), x, o, lag)
 
 
 # --------------------------------------------------------------------------------------
@@ -273,6 +283,29 @@ def bench_table(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]]) ->
     return pd.DataFrame(rows, columns=["ranks", "bytes_per_peer", "time_s", "collective"])
 
 
+def _model_configs():
+    """``get_config`` of :mod:`bls_dlrm.model.config` without importing the model package
+    (its ``__init__`` imports torch, seconds a figure need not spend): the module is
+    torch-free and is loaded from its file unless the package is already imported."""
+    import importlib.util
+    import sys
+
+    name = "bls_dlrm.model.config"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).with_name("model") / "config.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module.get_config
+
+
 def bytes_per_peer(runs: pd.DataFrame) -> pd.Series:
     """Mean bytes a rank sends to each peer per exchange, per row of a runs table.
 
@@ -280,46 +313,59 @@ def bytes_per_peer(runs: pd.DataFrame) -> pd.Series:
     bytes, with ``T_r`` the tables of ``r`` (``config.plan_tables``) and ``d`` the
     embedding width of ``config.model.name``; the mean over ranks is ``B * T * d * 4 / P^2``.
     """
-    from bls_dlrm.model.config import get_config
-
+    get_config = _model_configs()
+    cols = ("config.plan_tables", "config.model.name", "config.batch_size", "world_size")
+    if not set(cols) <= set(runs.columns):
+        return pd.Series(math.nan, index=runs.index, dtype="float64")
+    dims: dict[str, int] = {}
     out = []
-    for _, row in runs.iterrows():
+    for plan, model, batch, ranks in zip(*(runs[c].tolist() for c in cols), strict=True):
         try:
-            tables = sum(len(t) for t in json.loads(row["config.plan_tables"]))
-            dim = get_config(str(row["config.model.name"])).embedding_dim
-            batch, ranks = float(row["config.batch_size"]), float(row["world_size"])
-            out.append(batch * tables * dim * ELEMENT_BYTES / ranks**2)
+            tables = sum(len(t) for t in json.loads(plan))
+            if model not in dims:
+                dims[model] = get_config(str(model)).embedding_dim
+            out.append(float(batch) * tables * dims[model] * ELEMENT_BYTES / float(ranks) ** 2)
         except (KeyError, TypeError, ValueError):
             out.append(math.nan)
     return pd.Series(out, index=runs.index, dtype="float64")
 
 
 def _with_keys(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs with ``workload``, ``scenario``, ``stress``, ``series``, ``rep`` columns."""
+    """Runs with ``workload``, ``scenario``, ``series``, ``rep`` and ``stress`` columns
+    (annotated by :func:`bls_dlrm.plotting.annotate_runs` unless they already are)."""
     from bls_dlrm import plotting as bp
 
-    df = bp.annotate_runs(runs)
+    labelled = {"workload", "scenario", "series", "scenario_class"} <= set(runs.columns)
+    df = runs.copy() if labelled else bp.annotate_runs(runs)
     df["rep"] = bp.repetition_numbers(df)
     df["stress"] = df["scenario_class"] == "stress"
     return df
 
 
-def _key(df: pd.DataFrame) -> pd.Series:
+def run_key(df: pd.DataFrame) -> pd.Series:
+    """One run of a series in a table row: ``run_id|collective|lag_bound``."""
     lag = df["lag_bound"].astype("Int64").astype("string").fillna("")
     return df["run_id"].astype(str) + "|" + df["collective"].astype(str) + "|" + lag
 
 
 def work_matrices(iterations: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per run (``run_id|collective|lag_bound``): the work matrix ``compute_s + delay_s``
-    over measured iterations, ranks x iterations."""
+    """Per run (:func:`run_key`): the work matrix ``compute_s + delay_s`` over measured
+    iterations, ranks x iterations (a run whose ranks logged different iterations is left
+    out)."""
     df = iterations
     if "warmup" in df.columns:
         df = df[~df["warmup"].astype(bool)]
-    df = df.assign(_key=_key(df), _w=df["compute_s"] + df["delay_s"])
+    df = df.assign(_key=run_key(df), _w=df["compute_s"] + df["delay_s"])
+    df = df.sort_values(["_key", "rank", "iteration"], kind="stable")
+    keys = df["_key"].to_numpy()
+    values = df["_w"].to_numpy(np.float64)
+    ranks = df["rank"].to_numpy()
+    bounds = np.flatnonzero(keys[1:] != keys[:-1]) + 1
     out: dict[str, np.ndarray] = {}
-    for key, g in df.groupby("_key", sort=False):
-        m = g.pivot(index="rank", columns="iteration", values="_w").sort_index()
-        out[str(key)] = m.to_numpy(np.float64)
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(keys)], strict=True):
+        n_ranks = len(np.unique(ranks[lo:hi]))
+        if n_ranks and (hi - lo) % n_ranks == 0:
+            out[str(keys[lo])] = values[lo:hi].reshape(n_ranks, -1)
     return out
 
 
@@ -342,11 +388,11 @@ def exchange_samples(
     keyed = keyed[keyed["series"].isin(SYNC_SERIES)]
     if not include_stress:
         keyed = keyed[~keyed["stress"].astype(bool)]
-    keyed = keyed.assign(_key=_key(keyed), bytes_per_peer=bytes_per_peer(keyed))
+    keyed = keyed.assign(_key=run_key(keyed), bytes_per_peer=bytes_per_peer(keyed))
     df = iterations
     if "warmup" in df.columns:
         df = df[~df["warmup"].astype(bool)]
-    df = df.assign(_key=_key(df))
+    df = df.assign(_key=run_key(df))
     df = df[df["_key"].isin(set(keyed["_key"]))]
     last_ready = df.groupby(["_key", "iteration"])["t_bottom"].transform("max")
     blocked = df["wait_s"] > 0
@@ -391,7 +437,7 @@ def calibrate_overhead(
     keyed = _with_keys(runs)
     keyed = keyed[(keyed["workload"] == workload) | (keyed["scenario"] == workload)]
     works = work_matrices(iterations) if works is None else works
-    keyed = keyed.assign(_key=_key(keyed), _bytes=bytes_per_peer(keyed))
+    keyed = keyed.assign(_key=run_key(keyed), _bytes=bytes_per_peer(keyed))
     values: dict[str, list[float]] = {}
     for _, row in keyed.iterrows():
         w = works.get(row["_key"])
@@ -403,7 +449,9 @@ def calibrate_overhead(
     return {s: float(np.median(v)) for s, v in values.items()}
 
 
-def _best_sync(df: pd.DataFrame, series: Sequence[str] = SYNC_SERIES) -> str | None:
+def best_sync(df: pd.DataFrame, series: Sequence[str] = SYNC_SERIES) -> str | None:
+    """Of ``series``, the one with the highest median throughput in ``df`` (annotated runs
+    of one workload); ties go to the first listed (the protocol's rule)."""
     cand = df[df["series"].isin(series)]
     if cand.empty:
         return None
@@ -420,6 +468,7 @@ def validation_table(
     *,
     calibration: str = "balanced",
     sync_series: Sequence[str] = SYNC_SERIES,
+    works: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Predicted vs measured speedup of every BLS series over the best synchronous series,
     per workload and repetition.
@@ -433,65 +482,61 @@ def validation_table(
     overheads came from), ranks, series, baseline, rep, predicted/measured makespans and
     speedups, ``error`` = predicted / measured - 1.
     """
-    works = work_matrices(iterations)
+    works = work_matrices(iterations) if works is None else works
     if exchange_cost is None:
         exchange_cost = ExchangeCost.fit(exchange_samples(iterations, runs))
     if overhead is None:
         overhead = calibrate_overhead(runs, iterations, exchange_cost, calibration, works=works)
     keyed = _with_keys(runs)
-    keyed = keyed.assign(_key=_key(keyed), _bytes=bytes_per_peer(keyed))
+    keyed = keyed.assign(_key=run_key(keyed), _bytes=bytes_per_peer(keyed))
     rows: list[dict[str, Any]] = []
     for workload, df in keyed.groupby("workload", sort=False):
-        base = _best_sync(df, sync_series)
-        if base is None:
+        base = best_sync(df, sync_series)
+        if base is None or base not in overhead:
             continue
+        bases = {r["rep"]: r for r in df[df["series"] == base].to_dict("records")}
+        sync_runs: dict[Any, Simulation | None] = {}
         bls = df[(df["collective"] == "bls") & (df["lag_bound"].fillna(0) > 0)]
-        for series, target in bls.groupby("series", sort=False):
-            if series not in overhead or base not in overhead:
+        for t in bls.to_dict("records"):
+            series, rep = t["series"], t["rep"]
+            b = bases.get(rep)
+            if series not in overhead or b is None:
                 continue
-            for rep, trow in target.groupby("rep"):
-                brow = df[(df["series"] == base) & (df["rep"] == rep)]
-                if brow.empty:
-                    continue
-                b, t = brow.iloc[0], trow.iloc[0]
-                w = works.get(b["_key"])
-                if w is None or w.shape[1] == 0:
-                    continue
-                sim_sync = simulate(
-                    w, exchange_cost, 0, bytes_per_peer=b["_bytes"], overhead_s=overhead[base]
+            w = works.get(b["_key"])
+            if w is None or w.shape[1] == 0:
+                continue
+            n = b["_bytes"]
+            if rep not in sync_runs:
+                sync_runs[rep] = simulate(
+                    w, exchange_cost, 0, bytes_per_peer=n, overhead_s=overhead[base]
                 )
-                sim_bls = simulate(
-                    w,
-                    exchange_cost,
-                    int(t["lag_bound"]),
-                    bytes_per_peer=b["_bytes"],
-                    overhead_s=overhead[series],
-                )
-                predicted = sim_sync.makespan_s / sim_bls.makespan_s
-                measured = float(t["throughput_sps"]) / float(b["throughput_sps"])
-                rows.append(
-                    {
-                        "workload": workload,
-                        "scenario": t["scenario"],
-                        "stress": bool(t["stress"]),
-                        "calibration": bool(
-                            workload == calibration or t["scenario"] == calibration
-                        ),
-                        "ranks": int(t["world_size"]),
-                        "series": series,
-                        "lag_bound": int(t["lag_bound"]),
-                        "baseline": base,
-                        "rep": rep,
-                        "run_id": t["run_id"],
-                        "predicted_sync_makespan_s": sim_sync.makespan_s,
-                        "predicted_bls_makespan_s": sim_bls.makespan_s,
-                        "measured_sync_makespan_s": float(b["makespan_s"]),
-                        "measured_bls_makespan_s": float(t["makespan_s"]),
-                        "predicted_speedup": predicted,
-                        "measured_speedup": measured,
-                        "error": predicted / measured - 1.0,
-                    }
-                )
+            sim_sync = sync_runs[rep]
+            sim_bls = simulate(
+                w, exchange_cost, int(t["lag_bound"]), bytes_per_peer=n, overhead_s=overhead[series]
+            )
+            predicted = sim_sync.makespan_s / sim_bls.makespan_s
+            measured = float(t["throughput_sps"]) / float(b["throughput_sps"])
+            rows.append(
+                {
+                    "workload": workload,
+                    "scenario": t["scenario"],
+                    "stress": bool(t["stress"]),
+                    "calibration": bool(workload == calibration or t["scenario"] == calibration),
+                    "ranks": int(t["world_size"]),
+                    "series": series,
+                    "lag_bound": int(t["lag_bound"]),
+                    "baseline": base,
+                    "rep": rep,
+                    "run_id": t["run_id"],
+                    "predicted_sync_makespan_s": sim_sync.makespan_s,
+                    "predicted_bls_makespan_s": sim_bls.makespan_s,
+                    "measured_sync_makespan_s": float(b["makespan_s"]),
+                    "measured_bls_makespan_s": float(t["makespan_s"]),
+                    "predicted_speedup": predicted,
+                    "measured_speedup": measured,
+                    "error": predicted / measured - 1.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -562,3 +607,49 @@ def scale_out(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def fit_from_sweep(
+    runs: pd.DataFrame,
+    iterations: pd.DataFrame,
+    calibration: str = "balanced",
+    *,
+    works: Mapping[str, np.ndarray] | None = None,
+) -> tuple[ExchangeCost, dict[str, float]]:
+    """The exchange cost (:func:`exchange_samples` of the sweep's bound synchronous runs)
+    and the per-series overheads calibrated on ``calibration``; both from the sweep's own
+    logs. Tables without the phase times give a free exchange (``fitted`` empty)."""
+    needed = {"t_bottom", "t_completed", "wait_s", "rank", "iteration"}
+    cost = ExchangeCost(fitted=(), rows=0)
+    if needed <= set(iterations.columns):
+        samples = exchange_samples(iterations, runs)
+        if not samples.empty:
+            cost = ExchangeCost.fit(samples)
+    return cost, calibrate_overhead(runs, iterations, cost, calibration, works=works)
+
+
+_DELAY_FIELDS = ("size_s", "p", "distribution", "sigma", "seed", "mode")
+
+
+def delay_specs(
+    runs: pd.DataFrame, kinds: Sequence[str] = ("rotating", "random")
+) -> dict[str, DelaySpec]:
+    """Workload id -> the delay schedule its runs used (``config.delay.*``), for the
+    non-stress workloads whose delay kind is one of ``kinds``, in the runs' order."""
+    keyed = _with_keys(runs)
+    out: dict[str, DelaySpec] = {}
+    for workload, df in keyed[~keyed["stress"]].groupby("workload", sort=False):
+        row = df.iloc[0]
+        kind = str(row.get("config.delay.kind", "none"))
+        if kind not in kinds:
+            continue
+        spec: dict[str, Any] = {"kind": kind}
+        for name in _DELAY_FIELDS:
+            value = row.get(f"config.delay.{name}")
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if value is pd.NA:
+                continue
+            spec[name] = int(value) if name == "seed" else value
+        out[str(workload)] = DelaySpec.from_dict(spec)
+    return out
