@@ -42,7 +42,9 @@ print(f"HOST {_MPI.COMM_WORLD.Get_rank()} {_socket.gethostname()}", flush=True)
 
 
 def _hosts_of(stdout: str) -> dict[int, str]:
-    return {int(r): h for r, h in re.findall(r"^HOST (\d+) (\S+)$", stdout, re.M)}
+    # The launcher forwards each rank's output as it comes: lines of two ranks may run
+    # into one another, so a record ends where the next one starts, not only at a newline.
+    return {int(r): h for r, h in re.findall(r"HOST (\d+) (\S+?)(?=HOST |\s|$)", stdout)}
 
 
 def _assert_placed(stdout: str, hosts, per_host: list[int]) -> None:

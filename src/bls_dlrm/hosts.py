@@ -42,8 +42,8 @@ Command line (``python -m bls_dlrm.hosts``)::
          run's status
     down [STATE_FILE ...]
          remove the hosts of the given state files (default: every ``blsh*`` state of a
-         process that is gone; ``--all`` also those of live processes)
-    list show the state files of live and stale harnesses
+         process that is gone, but not hosts made by ``up``; ``--all``: every state file)
+    list show the state files of live, kept (made by ``up``) and stale harnesses
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -253,6 +254,9 @@ class NetnsHosts:
         self._unshare = _which("unshare") or "unshare"
         self._lock = threading.Lock()
         self._made = False
+        # Left up when this process exits (``python -m bls_dlrm.hosts up``): not removed by
+        # another harness as left behind, only by ``down``.
+        self.keep = False
 
     # -- making and removing -------------------------------------------------------------
 
@@ -278,7 +282,17 @@ class NetnsHosts:
         return self
 
     def _up(self) -> None:
-        self.subnet = choose_subnet(self._subnet_arg)
+        # One harness at a time picks its subnet and puts it on its bridge, so two
+        # processes starting at once never take the same one.
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        with open(STATE_DIR / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            down()  # what processes killed before their cleanup left behind
+            self.subnet = choose_subnet(self._subnet_arg)
+            self._make_bridge()
+        self._make_hosts()
+
+    def _make_bridge(self) -> None:
         addresses = list(self.subnet.hosts())
         if len(addresses) < self.n + 1:
             raise HostsError(f"subnet {self.subnet} is too small for {self.n} hosts")
@@ -302,6 +316,9 @@ class NetnsHosts:
         self._sh("link", "add", self.bridge, "type", "bridge")
         self._sh("addr", "add", f"{self.bridge_address}/{plen}", "dev", self.bridge)
         self._sh("link", "set", self.bridge, "up")
+
+    def _make_hosts(self) -> None:
+        plen = self.subnet.prefixlen
         hosts_file = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
             f"{h.address} {h.hostname}\n" for h in self.hosts
         )
@@ -343,6 +360,7 @@ class NetnsHosts:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         state = {
             "pid": os.getpid(),
+            "keep": self.keep,
             "prefix": self.prefix,
             "bridge": self.bridge,
             "subnet": str(self.subnet),
@@ -556,12 +574,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def down(state_files: Sequence[Path] = (), include_live: bool = False) -> list[Path]:
-    """Remove the hosts recorded in ``state_files`` (default: every stale state file)."""
+    """Remove the hosts recorded in ``state_files``.
+
+    Default: those of every process that is gone without removing them, except hosts made
+    to stay (``up`` on the command line); ``include_live`` takes every state file.
+    """
     files = list(state_files) or sorted(STATE_DIR.glob(f"{PREFIX}*.json"))
     removed = []
     for path in files:
         state = json.loads(Path(path).read_text())
-        if not state_files and not include_live and _pid_alive(state["pid"]):
+        if not state_files and not include_live and (state.get("keep") or _pid_alive(state["pid"])):
             continue
         _remove(
             state["prefix"],
@@ -603,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "list":
         for path in sorted(STATE_DIR.glob(f"{PREFIX}*.json")):
             state = json.loads(path.read_text())
-            alive = "live" if _pid_alive(state["pid"]) else "stale"
+            alive = "live" if _pid_alive(state["pid"]) else "kept" if state.get("keep") else "stale"
             print(f"{path} {alive} {state['subnet']} {len(state['hosts'])} hosts")
         return 0
     hosts = NetnsHosts(
@@ -616,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cmd == "up":
         _unregister(hosts)  # stays up after this process exits
+        hosts.keep = True
+        hosts._write_state()
         print(f"state: {hosts.state_file}")
         print("mpiexec: " + shlex.join(hosts.mpiexec_args))
         return 0
