@@ -162,6 +162,56 @@ def test_cleanup_removes_everything_also_on_failure(tmp_path):
     assert _leftovers(prefix) == [] and not state.exists()
 
 
+def test_hosts_left_by_a_killed_process_are_removed_by_the_next(tmp_path):
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no namespace hosts here: {reason}")
+    code = (
+        "import sys, time\n"
+        "from bls_dlrm.hosts import NetnsHosts\n"
+        "h = NetnsHosts(2).up()\n"
+        "print(h.prefix, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        prefix = proc.stdout.readline().strip()
+        assert prefix.startswith(hosts_mod.PREFIX) and _leftovers(prefix)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup of its own
+        proc.wait()
+    assert _leftovers(prefix)
+    with NetnsHosts(1):
+        assert _leftovers(prefix) == []
+
+
+def test_no_namespaces_is_a_skip_with_the_reason(netns_hosts, monkeypatch):
+    nobody = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "from bls_dlrm.hosts import unavailable_reason; print(unavailable_reason())",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if nobody.returncode == 0:  # setpriv may itself be missing or not permitted
+        assert "need root" in nobody.stdout, nobody.stdout
+    monkeypatch.setattr(hosts_mod, "_which", lambda name: None if name == "ip" else "/x")
+    assert "no 'ip' command" in unavailable_reason()
+    monkeypatch.setattr(hosts_mod, "_which", lambda name: None if name == "unshare" else "/x")
+    assert "no 'unshare' command" in unavailable_reason()
+    import multihost
+
+    monkeypatch.setattr(multihost, "_reason", lambda time_namespace: "no 'ip' command")
+    with pytest.raises(pytest.skip.Exception, match="no namespace hosts here: no 'ip' command"):
+        netns_hosts(2)
+
+
 def test_a_subnet_in_use_is_refused():
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("reads the routing table with 'ip'")
