@@ -58,12 +58,22 @@ DATASET_MANIFEST = f"{DATA_DIR}/{{dataset}}/manifest.json"
 DATASET_LOG = f"{LOG_DIR}/data/{{dataset}}.log"
 DATASET_BENCHMARK = f"{BENCH_DIR}/data/{{dataset}}.tsv"
 
+# Real Criteo data (a model with a `criteo` block): one verification record per source
+# file, one preprocessed dataset per model (data.smk).
+CRITEO_DIR = "data/criteo"
+CRITEO_RECORD = f"{CRITEO_DIR}/sources/{{source}}.json"
+CRITEO_MANIFEST = f"{CRITEO_DIR}/{{dataset}}/manifest.json"
+CRITEO_SOURCE_LOG = f"{LOG_DIR}/data/criteo-source-{{source}}.log"
+CRITEO_LOG = f"{LOG_DIR}/data/criteo-{{dataset}}.log"
+CRITEO_BENCHMARK = f"{BENCH_DIR}/data/criteo-{{dataset}}.tsv"
+
 #: Axes of the sweep, in path order.
 AXES = ("scenario", "ranks", "model", "seed", "rep")
 
 
 wildcard_constraints:
     dataset=r"[^/]+",
+    source=r"[^/]+",
     scenario=r"[^/]+",
     ranks=r"\d+",
     model=r"[^/]+",
@@ -132,11 +142,51 @@ def scenario_repetitions(scenario, cfg):
     return scenario.get("repetitions") or cfg["repetitions"]
 
 
+def _check_criteo(cfg):
+    """Real-data models: a Criteo shape, a checksum, and scenarios without synthetic skew."""
+    for i, model in enumerate(cfg["models"]):
+        if "criteo" not in model:
+            continue
+        key = f"models[{i}]"
+        if model["model"] not in ("kaggle", "terabyte"):
+            raise config_error(
+                f"{key}.model",
+                f"{model['model']!r} cannot read Criteo data (26 tables, 13 dense "
+                "features): use kaggle or terabyte",
+            )
+        if not model["criteo"].get("sha256"):
+            raise config_error(
+                f"{key}.criteo.sha256",
+                "required: the sha256 of the source file (of the archive when `member` is "
+                f"given). Fill it in for {model['criteo']['source']!r}: the published "
+                "checksum, or `sha256sum <file>` of a copy you trust (config/criteo.yaml "
+                "says where Criteo publishes the files); the data job checks the file "
+                "against it once and records the result.",
+            )
+        for j, scenario in enumerate(cfg["scenarios"]):
+            data = scenario["data"]
+            synthetic = (
+                data["index_dist"] != "uniform"
+                or data["pooling"] != "fixed"
+                or data["pooling_k"] != 1
+                or data.get("per_table")
+            )
+            if synthetic:
+                raise config_error(
+                    f"scenarios[{j}].data",
+                    f"model {model['name']!r} reads real Criteo data (its own indices, "
+                    "one lookup per table), so a scenario cannot change the data skew; "
+                    "drop this scenario's `data` or run it in a config without Criteo "
+                    "models",
+                )
+
+
 def _check_config(cfg, model_configs):
     from bls_dlrm.delays import DelaySpec
 
     models = _unique_names(cfg["models"], "models")
     scenarios = _unique_names(cfg["scenarios"], "scenarios")
+    _check_criteo(cfg)
     for i, model in enumerate(cfg["models"]):
         key = f"models[{i}]"
         known = sorted(model_configs.CONFIGS)
@@ -291,8 +341,11 @@ def dataset_name(model, data, seed):
 
 
 def _datasets(cfg):
+    """The synthetic datasets: {name: (model, data, seed)}."""
     out = {}
     for model in cfg["models"]:
+        if "criteo" in model:
+            continue
         for scenario in cfg["scenarios"]:
             for seed in cfg["seeds"]:
                 out[dataset_name(model, scenario["data"], seed)] = (
@@ -306,6 +359,62 @@ def _datasets(cfg):
 DATASETS = _datasets(config)
 
 
+# -- real Criteo data ----------------------------------------------------------------------
+
+
+def _is_url(source):
+    return "://" in source
+
+
+def criteo_source_key(criteo):
+    """Name of a source's record: its file name and the start of its checksum."""
+    name = Path(criteo["source"].split("?")[0]).name or "source"
+    safe = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)
+    return f"{safe}-{criteo['sha256'].lower()[:12]}"
+
+
+def _criteo_sources(cfg):
+    out = {}
+    for model in cfg["models"]:
+        if "criteo" in model:
+            out.setdefault(criteo_source_key(model["criteo"]), (model["criteo"], model))
+    return out
+
+
+#: Criteo models by name (their dataset folder is data/criteo/<model name>).
+CRITEO_MODELS = {m["name"]: m for m in config["models"] if "criteo" in m}
+#: Criteo sources by record name: (the `criteo` block, the first model that reads it).
+CRITEO_SOURCES = _criteo_sources(config)
+
+
+def model_dataset(model, data, seed):
+    """The dataset folder a run of this model, scenario data and seed reads."""
+    if "criteo" in model:
+        return f"{CRITEO_DIR}/{model['name']}"
+    return f"{DATA_DIR}/{dataset_name(model, data, seed)}"
+
+
+def _warn_absent_sources():
+    """At parse time: a local source that is not there (the data job will stop on it)."""
+    for key, (criteo, model) in CRITEO_SOURCES.items():
+        made = [
+            Path(f"{CRITEO_DIR}/{m['name']}/manifest.json").is_file()
+            for m in CRITEO_MODELS.values()
+            if criteo_source_key(m["criteo"]) == key
+        ]
+        if _is_url(criteo["source"]) or all(made) or Path(criteo["source"]).is_file():
+            continue
+        logger.warning(
+            f"Criteo source {criteo['source']!r} (model {model['name']!r}, key "
+            "criteo.source) is not there: its data job will stop before any run that "
+            "reads it, saying where to get the file."
+        )
+
+
+if workflow.is_main_process:
+    _warn_absent_sources()
+
+
 def run_dir(wildcards):
     """The run folder of a job (the directory its rank logs go to)."""
     return f"{RUNS_DIR}/{RUN_PATTERN.format(**_axes(wildcards))}"
@@ -314,7 +423,7 @@ def run_dir(wildcards):
 def run_dataset(wildcards):
     axes = _axes(wildcards)
     scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
-    return f"{DATA_DIR}/{dataset_name(model, scenario['data'], axes['seed'])}"
+    return model_dataset(model, scenario["data"], axes["seed"])
 
 
 def run_dataset_manifest(wildcards):
@@ -329,6 +438,8 @@ def run_config(wildcards):
     delay = resolved_delay(scenario, model, axes["seed"])
     size = float(delay.get("size_s", 0.0))
     data = scenario["data"]
+    if "criteo" in model:  # real indices, one lookup per table
+        data = {"index_dist": "criteo", "pooling": "fixed", "pooling_k": 1}
     run = config["run"]
     tags = {
         "scenario": scenario["name"],
@@ -429,6 +540,65 @@ def dataset_args(wildcards):
     return " ".join(args)
 
 
+def _criteo_source_args(criteo, key, kind):
+    """`bls-dlrm criteo` arguments that name, fetch and verify one source."""
+    args = [
+        shlex.quote(criteo["source"]),
+        f"--sha256 {criteo['sha256'].lower()}",
+        f"--record {shlex.quote(CRITEO_RECORD.format(source=key))}",
+        f"--kind {kind}",
+    ]
+    if criteo.get("member"):
+        args.append(f"--member {shlex.quote(criteo['member'])}")
+    if _is_url(criteo["source"]) or criteo.get("member"):
+        name = criteo.get("member") or criteo_source_key(criteo).rsplit("-", 1)[0]
+        args.append(f"--fetch-to {shlex.quote(f'{CRITEO_DIR}/sources/{key}/{name}')}")
+    return args
+
+
+def criteo_source_args(wildcards):
+    """Params function: `bls-dlrm criteo --verify-only` arguments of one source record."""
+    if wildcards.source not in CRITEO_SOURCES:
+        raise WorkflowError(
+            f"{wildcards.source}: no Criteo source of that name in the config"
+        )
+    criteo, model = CRITEO_SOURCES[wildcards.source]
+    return " ".join(_criteo_source_args(criteo, wildcards.source, model["model"]))
+
+
+def criteo_record(wildcards):
+    """Input function: the verification record of the source a Criteo dataset reads."""
+    if wildcards.dataset not in CRITEO_MODELS:
+        raise WorkflowError(
+            f"{wildcards.dataset}: no Criteo model of that name in the config"
+        )
+    return CRITEO_RECORD.format(
+        source=criteo_source_key(CRITEO_MODELS[wildcards.dataset]["criteo"])
+    )
+
+
+def criteo_dataset_args(wildcards):
+    """Params function: the `bls-dlrm criteo` arguments of one model's dataset.
+
+    Row caps: `max_rows` bounds every table (the hashing range), and the dataset holds the
+    first `batches` x `batch_size` samples of the file (--limit).
+    """
+    model = CRITEO_MODELS[wildcards.dataset]
+    key = criteo_source_key(model["criteo"])
+    args = _criteo_source_args(model["criteo"], key, model["model"])
+    args += [
+        f"--batch-size {model['batch_size']}",
+        f"--limit {model['batches'] * model['batch_size']}",
+    ]
+    if model["max_rows"] is not None:
+        args.append(f"--max-rows {model['max_rows']}")
+    return " ".join(args)
+
+
+def criteo_dataset_dir(wildcards):
+    return f"{CRITEO_DIR}/{wildcards.dataset}"
+
+
 # -- estimates: seconds per run, cluster runtime, core-hours ------------------------------
 
 
@@ -484,9 +654,15 @@ def design_table():
                     "model_config": model["model"],
                     "max_rows": model["max_rows"],
                     "batch_size": model["batch_size"],
-                    "dataset": dataset_name(model, scenario["data"], row["seed"]),
+                    "dataset": Path(
+                        model_dataset(model, scenario["data"], row["seed"])
+                    ).name,
                     "plan": scenario["plan"],
-                    "index_dist": scenario["data"]["index_dist"],
+                    "index_dist": (
+                        "criteo"
+                        if "criteo" in model
+                        else scenario["data"]["index_dist"]
+                    ),
                     "pooling": scenario["data"]["pooling"],
                     "delay_kind": delay["kind"],
                     "delay_s": delay.get("size_s", 0.0),
@@ -512,7 +688,7 @@ SWEEP_SUMMARY = (
     f"ranks {'/'.join(map(str, RANK_COUNTS))}, {len(MODELS)} models, "
     f"{len(config['seeds'])} seeds, {_REPETITIONS} repetitions), "
     f"each launch running {len(SERIES)} series "
-    f"({', '.join(SERIES_LABELS)}) in a shuffled order, on {len(DATASETS)} datasets; "
+    f"({', '.join(SERIES_LABELS)}) in a shuffled order, on {len(DATASETS) + len(CRITEO_MODELS)} datasets; "
     f"estimated {EST_SECONDS / 3600:.2f} h one launch at a time, {EST_CORE_HOURS:.2f} "
     "core-hours (ranks x seconds per launch)"
 )
