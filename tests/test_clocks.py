@@ -488,3 +488,52 @@ def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(netns_hosts, mpirun,
         assert sorted(t_two.iterations["latency_s"]) == pytest.approx(sorted(logged), abs=0)
     print("offset - 1000 s, error bound (s):", report)
     assert not math.isnan(t_two.runs["clock_error_s"].iloc[0])
+
+
+def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, dataset, tmp_path):
+    """Open loop on the two hosts: query latencies never cross clocks (each rank counts from
+    its own start instant), and the tables' aligned batch closes agree across hosts."""
+    import yaml
+
+    config = tmp_path / "serve.yaml"
+    serve = {
+        "reference": "gloo",
+        "calibrate_iterations": 20,
+        "duration_s": 1.0,
+        "warmup_s": 0.1,
+        "seed": 7,
+        "rates": [150.0],
+        "sizes": {"kind": "lognormal", "median": 12, "sigma": 0.9, "max": 48},
+        "max_batch": 64,
+        "max_wait_s": 0.004,
+    }
+    data = {
+        "dataset": str(dataset),
+        "model": {"name": "tiny"},
+        "series": ["gloo", "bls:2"],
+        "binding": "none",
+        "timeout_s": 60,
+        "serve": serve,
+    }
+    config.write_text(yaml.safe_dump(data))
+    hosts = netns_hosts(2, ranks_per_host=1, monotonic_offsets=[0, int(OFFSET)])
+    out = tmp_path / "out"
+    hosts.argv([EXE, "serve", "--config", str(config), "--out", str(out)], timeout=240)
+    for label in ("gloo", "bls-L2"):
+        run = read_run(out / label / "load~0")
+        assert [log.header.host for log in run] == hosts.hostnames
+        for sync in (run.ranks[1].header.clock_sync, run.ranks[1].footer.clock_sync):
+            assert abs(sync.offset_s - OFFSET) <= sync.error_s < 0.1
+        raw = run.ranks[1].header.t_origin - run.ranks[0].header.t_origin
+        assert abs(raw - OFFSET) < 5.0  # each rank's start instant on its own clock
+        queries = pd.read_parquet(out / label / "load~0" / "queries.parquet")
+        assert len(queries) > 50
+        assert queries["latency_s"].between(0.0, 1.0).all()
+        it = tables.iterations_table(run).sort_values(["iteration", "rank"])
+        close = it["t_close"].to_numpy().reshape(-1, 2)
+        error = it["clock_error_s"].to_numpy().reshape(-1, 2).sum(axis=1)
+        # every rank closes batch i at its start instant + the same schedule time; the
+        # start instants are one barrier's exit apart (about a network latency)
+        assert (np.abs(close[:, 1] - close[:, 0]) <= error + 0.05).all()
+        unaligned = close[:, 1] + it.loc[it["rank"] == 1, "clock_offset_s"].to_numpy()
+        assert (np.abs(unaligned - close[:, 0]) > OFFSET - 5.0).all()
