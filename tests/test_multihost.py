@@ -9,6 +9,7 @@ one-host run bit for bit, and a dead or stuck rank on the other host ending the 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -221,10 +222,35 @@ def test_a_subnet_in_use_is_refused():
     with pytest.raises(HostsError, match="already in use"):
         choose_subnet(str(used[0]))
     assert not any(choose_subnet().overlaps(net) for net in used)
+
+
+def test_the_default_subnet_skips_other_harnesses_and_refuses_the_rest(monkeypatch):
+    def routed(*nets):
+        monkeypatch.setattr(
+            hosts_mod, "_routed_networks", lambda: [(ipaddress.ip_network(n), d) for n, d in nets]
+        )
+
+    routed(("192.0.2.0/24", "eth0"))
+    assert str(choose_subnet()) == "10.213.0.0/24"
+    routed(("10.213.0.0/24", "blsh123br"), ("10.213.1.0/24", "blsh456br"))
+    assert str(choose_subnet()) == "10.213.2.0/24"
+    routed(("10.213.0.0/24", "blsh123br"), ("10.213.1.0/24", "wg0"))
+    with pytest.raises(HostsError, match=r"10\.213\.1\.0/24 is already in use here: .* on wg0"):
+        choose_subnet()
+    routed(("10.0.0.0/8", "tun0"))
+    with pytest.raises(HostsError, match="tun0"):
+        choose_subnet()
+
+
+def test_bad_arguments_are_value_errors():
     with pytest.raises(ValueError, match="whole seconds"):
         NetnsHosts(2, monotonic_offsets=[0, 0.5])
     with pytest.raises(ValueError, match="one count"):
         NetnsHosts(2, ranks_per_host=[1])
+    with pytest.raises(ValueError, match="at least one host"):
+        NetnsHosts(0)
+    with pytest.raises(ValueError, match="prefix"):
+        NetnsHosts(2, prefix="far-too-long-a-prefix")
 
 
 # -- the one-host cases, across two hosts ----------------------------------------------------

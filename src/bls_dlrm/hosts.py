@@ -174,8 +174,7 @@ def choose_subnet(subnet: str | None = None) -> ipaddress.IPv4Network:
         clash = [(n, dev) for n, dev in used if n.overlaps(candidate)]
         if not clash:
             return candidate
-        if any(not dev.startswith(PREFIX) for n, dev in clash if n.prefixlen <= 16):
-            break
+        # another harness's bridge: take the next /24; anything else: refuse
         if any(not dev.startswith(PREFIX) for _, dev in clash):
             raise HostsError(
                 f"subnet {candidate} is already in use here: "
