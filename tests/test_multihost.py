@@ -113,6 +113,8 @@ def test_hosts_have_their_own_names_clocks_and_wire(netns_hosts):
     assert rows[0]["inter"] >= 4 << 20, rows[0]
     # one command on one host, no MPI; nothing outside the bridge is reachable
     assert hosts.exec_on(1, ["hostname"], check=True).stdout.strip() == hosts.hostnames[1]
+    there = hosts.exec_on(1, ["python", "-c", "import time; print(time.monotonic())"], check=True)
+    assert abs(float(there.stdout) - time.monotonic() - 1000) < 5, there.stdout
     routes = hosts.exec_on(0, ["ip", "-4", "route"], check=True).stdout
     assert "default" not in routes and str(hosts.subnet) in routes, routes
     far = hosts.exec_on(0, ["ip", "route", "get", "8.8.8.8"])

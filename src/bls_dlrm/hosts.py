@@ -18,7 +18,13 @@ inside the namespace only, so every host resolves every other host's name; the m
 state file. Nothing is routed out of the bridge (no default route, no NAT, no forwarding
 changes). :meth:`NetnsHosts.cleanup` removes all of it and is idempotent; it runs on
 leaving the ``with`` block, on an exception while setting up, at interpreter exit and on
-SIGTERM/SIGINT.
+SIGTERM/SIGINT. Hosts of a process killed before its cleanup ran (SIGKILL) are removed by
+the next harness that starts, or by ``down``.
+
+Clock offsets are whole seconds and move CLOCK_MONOTONIC and CLOCK_BOOTTIME (so
+``time.monotonic()`` and ``time.perf_counter()``) of every process on the host; the wall
+clock (CLOCK_REALTIME) is one for all hosts, as time namespaces leave it alone. Ranks fill
+the hosts in order: ranks 0..k-1 on host 1, the next ones on host 2, and so on.
 
 Needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN), ``ip`` (iproute2) and ``unshare``
 (util-linux, with ``--time`` for clock offsets). :func:`unavailable_reason` says why they
@@ -251,7 +257,7 @@ class NetnsHosts:
         self.state_file = STATE_DIR / f"{self.prefix}.json"
         self._ip = _which("ip") or "ip"
         self._unshare = _which("unshare") or "unshare"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal may arrive during cleanup
         self._made = False
         # Left up when this process exits (``python -m bls_dlrm.hosts up``): not removed by
         # another harness as left behind, only by ``down``.
