@@ -46,6 +46,9 @@ BLS = RUNS / "bls-4r-rotating-L2"  # 4 ranks, BLS L = 2, rotating delays
 EXE = str(Path(sys.executable).parent / "bls-dlrm")
 OFFSET = 1000.0
 TIMES = (*tables.TIME_COLUMNS, "t_close")
+# the stored run's first and last times: where its clock syncs would have been taken
+FIRST = min(it.t_start for log in read_run(BLS) for it in log.iterations) - 0.01
+LAST = max(it.t_done for log in read_run(BLS) for it in log.iterations) + 0.01
 
 
 # -- the estimator ----------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def two_hosts(rank: int) -> str:
 
 
 def zero(error: float = 2e-5):
-    return lambda r: ClockSync(0.0, 0.0 if r == 0 else error, 100.0)
+    return lambda r: ClockSync(0.0, 0.0 if r == 0 else error, FIRST)
 
 
 def build(run) -> tables.Tables:
@@ -264,8 +267,8 @@ def test_a_host_1000_s_off_gives_the_tables_of_no_offset(tmp_path):
         tmp_path / "moved",
         two_hosts,
         shift=lambda r, t: t + OFFSET if r >= 2 else t,
-        start=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 2e-5 if r else 0.0, 100.0 + OFFSET),
-        end=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 2e-5 if r else 0.0, 101.0 + OFFSET),
+        start=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 2e-5 if r else 0.0, FIRST + OFFSET),
+        end=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 2e-5 if r else 0.0, LAST + OFFSET),
     )
     a, b = build(base), build(moved)
     assert_same_tables(a, b)
@@ -288,8 +291,8 @@ def test_measurement_noise_stays_within_the_logged_bound(tmp_path):
             tmp_path / "noisy",
             two_hosts,
             shift=lambda r, t: t + OFFSET if r >= 2 else t,
-            start=lambda r: ClockSync(OFFSET + 3e-6 if r >= 2 else 0.0, 5e-6, 100.0),
-            end=lambda r: ClockSync(OFFSET - 2e-6 if r >= 2 else 0.0, 4e-6, 101.0),
+            start=lambda r: ClockSync(OFFSET + 3e-6 if r >= 2 else 0.0, 5e-6, FIRST + OFFSET),
+            end=lambda r: ClockSync(OFFSET - 2e-6 if r >= 2 else 0.0, 4e-6, LAST + OFFSET),
         )
     )
     it_a, it_b = base.iterations, noisy.iterations
@@ -309,8 +312,8 @@ def test_each_host_takes_its_best_measurement_and_rank_0s_host_reads_its_clock(t
         tmp_path / "run",
         two_hosts,
         shift=lambda r, t: t + OFFSET if r >= 2 else t,
-        start=lambda r: ClockSync(offsets.get(r, 0.0), errors.get(r, 0.0), 100.0),
-        end=lambda r: ClockSync(offsets.get(r, 0.0), errors.get(r, 0.0), 101.0),
+        start=lambda r: ClockSync(offsets.get(r, 0.0), errors.get(r, 0.0), FIRST),
+        end=lambda r: ClockSync(offsets.get(r, 0.0), errors.get(r, 0.0), LAST),
     )
     it = tables.iterations_table(run)
     by_rank = it.groupby("rank")
@@ -376,8 +379,8 @@ def test_the_tables_ignore_the_wall_clock(tmp_path):
     provenance, the earliest logged, and moves with it)."""
     kw = dict(
         shift=lambda r, t: t + OFFSET if r >= 2 else t,
-        start=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 1e-5 if r else 0.0, 100.0),
-        end=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 1e-5 if r else 0.0, 101.0),
+        start=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 1e-5 if r else 0.0, FIRST),
+        end=lambda r: ClockSync(OFFSET if r >= 2 else 0.0, 1e-5 if r else 0.0, LAST),
     )
     plain = build(rewrite(tmp_path / "plain", two_hosts, **kw))
 

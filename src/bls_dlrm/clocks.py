@@ -18,11 +18,12 @@ The result is a :class:`~bls_dlrm.records.ClockSync` that the run logs in its he
 and footer (end); :mod:`bls_dlrm.tables` uses both to put every rank's times on rank 0's
 clock. Wall clocks play no part.
 
-Cost: ``ROUND_TRIPS`` round trips per rank, sequentially, plus a barrier: well under a
-millisecond per rank on one host, about ``ROUND_TRIPS`` network round trips across hosts.
-A rank that waits for its turn sleeps between polls instead of spinning, so on an
-oversubscribed machine the pair that measures keeps the cores. It runs outside every timed
-region (before the header is stamped, after the last iteration).
+Cost: ``ROUND_TRIPS`` round trips per rank, one rank after the other, plus a barrier. A
+rank that waits for its turn sleeps between polls instead of spinning, so on an
+oversubscribed machine the pair that measures keeps the cores. Measured on 2 cores: about
+0.5 ms for 2 ranks, a few ms for 4 to 8 ranks on one host or 4 ranks on two namespace
+hosts (tens of ms with 16 ranks on the 2 cores, or under other load). It runs outside
+every timed region (before the header is stamped, after the last iteration).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from bls_dlrm.records import ClockSync
 __all__ = ["ROUND_TRIPS", "estimate_offset", "measure"]
 
 ROUND_TRIPS = 8
-_POLL_S = 2e-4  # how long a rank waiting for its turn sleeps between polls
+_POLL_S = 5e-4  # how long a rank waiting for its turn sleeps between polls
 _TAG_GO, _TAG_PING, _TAG_PONG, _TAG_RESULT = 1, 2, 3, 4
 _comms: dict[int, object] = {}  # the private duplicate of each communicator measured on
 
