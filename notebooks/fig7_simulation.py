@@ -125,7 +125,9 @@ scale = pd.DataFrame()
 if base is not None and schedules and lags:
     keys = set(sim.run_key(cal[cal["series"] == base]))
     pool = its[sim.run_key(its).isin(keys)]
-    pool = pool[~pool["warmup"].astype(bool)]["compute_s"].to_numpy()
+    if "warmup" in pool.columns:
+        pool = pool[~pool["warmup"].astype(bool)]
+    pool = pool["compute_s"].to_numpy()
     row = cal[cal["series"] == base].iloc[0]
     samples_per_rank = float(row["samples"]) / float(row["measured_iterations"]) / row["world_size"]
     n_at = sim.bytes_per_peer(cal[cal["series"] == base].iloc[:1]).iloc[0] * row["world_size"]

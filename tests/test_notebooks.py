@@ -37,6 +37,7 @@ FIGURES = [
     "fig3_speedup_vs_lag",
     "fig4_scenarios",
     "fig5_breakdown",
+    "fig7_simulation",
 ]
 SWEEPS = ("full", "fixture")
 TIMEOUT_S = 240
@@ -422,6 +423,90 @@ def test_fig5_draws_per_rank_time_of_median_runs(executed, full_tables):
         np.testing.assert_allclose(part["blocked wait"], mean_ms["wait_s"], rtol=1e-8)
         per_it = median_run["makespan_s"] / median_run["measured_iterations"] * 1e3
         np.testing.assert_allclose(part["ms_per_iteration"], per_it, rtol=1e-8)
+
+
+def test_fig7_draws_simulated_against_measured_and_the_scale_out(executed, full_tables):
+    """Validation points recomputed here: the overhead per series calibrated on the
+    balanced runs (the made-up tables have no phase times, so the exchange is free), the
+    best synchronous run's work simulated at L = 0 and at each BLS L, against the measured
+    throughput ratio. Scale-out rows recomputed from the same inputs."""
+    from bls_dlrm import simulate as sim
+    from bls_dlrm.delays import DelaySpec
+
+    folder, runs = full_tables
+    drawn = _drawn(executed, "fig7_simulation")
+    its = pd.read_parquet(folder / "iterations.parquet")
+
+    def work(scenario, series, rep):
+        run = runs[
+            (runs["scenario"] == scenario)
+            & (runs["series"] == series)
+            & (runs["config.repetition"] == rep)
+        ].iloc[0]
+        part = its[its["run_id"] == run["run_id"]]  # one run id per series here
+        m = part.pivot(index="rank", columns="iteration", values="compute_s")
+        d = part.pivot(index="rank", columns="iteration", values="delay_s")
+        return (m + d).to_numpy(), run
+
+    def lag_of(series):
+        return int(series.split("=")[1]) if series.startswith("bls") else 0
+
+    overhead = {}
+    for series in set(runs["series"]):
+        values = []
+        for rep in range(REPETITIONS):
+            w, run = work("balanced", series, rep)
+            free = sim.simulate(w, 0.0, lag_of(series)).makespan_s
+            values.append(max(0.0, (run["makespan_s"] - free) / w.shape[1]))
+        overhead[series] = float(np.median(values))
+
+    valid = drawn[drawn["panel"] == "validation"]
+    bls = [f"bls L={lag}" for lag in (1, 2, 4, 8)]
+    assert sorted(zip(valid["workload"], valid["series"], strict=True)) == sorted(
+        (w, s) for w in WORKLOADS for s in bls
+    )
+    for _, row in valid.iterrows():
+        scenario, series = row["workload"], row["series"]
+        base = _best_sync(runs, scenario)
+        assert row["baseline"] == base
+        predicted, measured = [], []
+        for rep in range(REPETITIONS):
+            w, b = work(scenario, base, rep)
+            _, t = work(scenario, series, rep)
+            sync = sim.simulate(w, 0.0, 0, overhead_s=overhead[base]).makespan_s
+            lagged = sim.simulate(w, 0.0, lag_of(series), overhead_s=overhead[series]).makespan_s
+            predicted.append(sync / lagged)
+            measured.append(t["throughput_sps"] / b["throughput_sps"])
+        gm = [float(np.exp(np.mean(np.log(v)))) for v in (predicted, measured)]
+        assert row["predicted_speedup"] == pytest.approx(gm[0], rel=1e-8), (scenario, series)
+        assert row["measured_speedup"] == pytest.approx(gm[1], rel=1e-8), (scenario, series)
+        assert row["error"] == pytest.approx(gm[0] / gm[1] - 1, rel=1e-6, abs=1e-9)
+        assert bool(row["stress"]) == (scenario == "oversubscribed")
+        assert bool(row["calibration"]) == (scenario == "balanced")
+
+    scale = drawn[drawn["panel"] == "scale-out"]
+    lags = sorted({lb for c in _protocol().get("claims", []) for lb in c.get("lag_bounds", [])})
+    assert set(scale["workload"]) == {"rotating-2.5x", "rotating-8x", "random"}
+    assert set(scale["lag_bound"]) == set(lags)
+    assert sorted(set(scale["ranks"])) == [2**k for k in range(3, 11)]
+    assert scale["simulated"].astype(bool).all()
+    # the random workload's row at P = 64, from the balanced runs' compute (table order)
+    base = _best_sync(runs, "balanced")
+    keys = set(sim.run_key(runs[(runs["scenario"] == "balanced") & (runs["series"] == base)]))
+    pool = its[sim.run_key(its).isin(keys)]["compute_s"].to_numpy()
+    delay = DelaySpec(kind="random", size_s=WORKLOADS["random"][1])
+    expected = sim.scale_out(
+        pool, delay, [64], lags, overhead=overhead, sync_series=base,
+        iterations=300, samples_per_rank=BATCH / 2,
+    )  # fmt: skip
+    got = scale[(scale["workload"] == "random") & (scale["ranks"] == 64)].sort_values("lag_bound")
+    for column in ("predicted_speedup", "sync_capacity_sps", "bls_capacity_sps"):
+        np.testing.assert_allclose(got[column], expected[column], rtol=1e-8)
+    # fan-out: with independent per-rank delays the synchronous loop serves less per rank
+    random = scale[(scale["workload"] == "random") & (scale["lag_bound"] == lags[-1])]
+    per_rank = random.sort_values("ranks")["sync_capacity_per_rank_sps"].to_numpy()
+    assert per_rank[-1] < 0.8 * per_rank[0]
+    assert (random["predicted_speedup"] > 1).all()
 
 
 def test_captions_are_computed_from_the_tables(executed):

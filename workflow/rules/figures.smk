@@ -28,13 +28,14 @@ FIG_LOG_DIR = "results/logs/figures"
 FIG_FORMATS = ("pdf", "png")
 # What every figure depends on besides its notebook: the palette/loading/caption helpers,
 # the claims module and its protocol (thresholds, judged lag bound, interval settings),
-# and the bootstrap intervals.
+# the bootstrap intervals, and the simulation (fig7 and the claims' prediction check).
 FIG_HELPERS = tuple(
     path
     for path in (
         "src/bls_dlrm/plotting.py",
         "src/bls_dlrm/claims.py",
         "src/bls_dlrm/stats.py",
+        "src/bls_dlrm/simulate.py",
         "config/protocol.yaml",
     )
     if Path(path).exists()
@@ -47,6 +48,7 @@ FIGURES = {
     "fig3_speedup_vs_lag": ("runs",),
     "fig4_scenarios": ("runs",),
     "fig5_breakdown": ("runs", "iterations"),
+    "fig7_simulation": ("runs", "iterations"),
 }
 if config.get("serving"):
     FIGURES["fig6_serving"] = ("serving", "capacity")
