@@ -316,6 +316,7 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     """Closed-loop capacity of ``series`` on full batches (every rank gets the same)."""
     from mpi4py import MPI
 
+    from . import clocks
     from .infer import _run_series
 
     comm = MPI.COMM_WORLD
@@ -328,7 +329,9 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     measured = [times[i] for i in range(warm, warm + n)]
     first = min(t for t, _, _ in measured)
     last = max(t for _, t, _ in measured)
-    firsts, lasts = comm.allgather(first), comm.allgather(last)
+    # on rank 0's clock: a rank on another host reads another monotonic clock
+    offset = clocks.measure(comm).offset_s
+    firsts, lasts = comm.allgather(first - offset), comm.allgather(last - offset)
     work = np.vstack(comm.allgather([w for _, _, w in measured]))  # (ranks, n)
     per_query = ctx.store.batch_size * n / cfg.query_sizes().mean()  # queries of n batches
     return Calibration(
