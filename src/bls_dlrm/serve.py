@@ -38,7 +38,10 @@ Clocks: every rank counts arrivals from its own start instant, the end of a barr
 a margin on its own monotonic clock, and logs it (``t_origin`` in its header). A
 query's latency is computed from times since those instants, gathered to rank 0, so no
 clock reading crosses ranks: hosts whose clocks differ agree to within the barrier's exit
-skew (microseconds on one host, about one network latency across hosts).
+skew (microseconds on one host, about one network latency across hosts). The
+calibration's closed-loop makespan spans ranks, so it takes their times on rank 0's clock
+(offsets measured by :mod:`bls_dlrm.clocks`); every run logs these offsets before and after
+it, as the closed loop does.
 """
 
 from __future__ import annotations
