@@ -42,7 +42,9 @@ derived quantity is defined once, here:
     ``predictions_checksum`` (SHA-256 over the per-iteration checksums);
     counts (``iterations`` with warm-up, ``measured_iterations``, ``samples``); provenance
     (``run_dir``, ``hosts``, ``git_rev``, ``started_utc``, ``versions.*``); ``clock_error_s``,
-    the largest bound on the clock alignment of any rank (0 on one host); placement and
+    the largest bound on the clock alignment of any rank, and ``clock_drift_s``, the largest
+    change of a host's offset between the start and the end of the run (both 0 on one
+    host); placement and
     order from the headers: ``binding`` (as logged, ``"mixed"`` if ranks differ),
     ``cores_per_rank`` (fewest over ranks), ``series_order`` (the launch's series labels
     joined by ``|``), ``series_index``, ``shuffle_seed`` (null for logs without them).
@@ -188,7 +190,7 @@ def _best(syncs: Iterable[ClockSync | None]) -> ClockSync | None:
     return min((s for s in syncs if s is not None), key=lambda s: s.error_s, default=None)
 
 
-def _clock_alignment(run: RunLog) -> list[_Alignment]:
+def _clock_alignment(run: RunLog, warn: bool = True) -> list[_Alignment]:
     """Per rank: how its times go onto rank 0's clock (module docstring)."""
     hosts = [log.header.host for log in run]
     per_host: dict[str, _Alignment] = {hosts[0]: _SAME_CLOCK}
@@ -205,7 +207,7 @@ def _clock_alignment(run: RunLog) -> list[_Alignment]:
             continue
         error = max(s.error_s for s in (start, end) if s is not None)
         per_host[host] = _Alignment(start, end, error)
-    if unaligned:
+    if unaligned and warn:
         warnings.warn(
             f"{run.run_dir}: the run spans hosts but the logs of {', '.join(unaligned)} carry "
             "no clock offsets (made before they were measured): their times stay on their "
@@ -423,12 +425,26 @@ def _run_row(run: RunLog, iterations: pd.DataFrame, per_iteration: pd.DataFrame)
         "run_dir": str(run.run_dir),
         "hosts": len({log.header.host for log in run}),
         "clock_error_s": float(iterations["clock_error_s"].max()) if len(iterations) else 0.0,
+        "clock_drift_s": _clock_drift(run),
         "git_rev": header.git_rev,
         "started_utc": min(log.header.started_utc for log in run),
     }
     row.update(flatten_config(header.versions, "versions"))
     row.update(flatten_config(header.config))
     return row
+
+
+def _clock_drift(run: RunLog) -> float:
+    """The largest change of a host's offset to rank 0's clock from the run's start to its
+    end (0 on one host, NaN if some host has not both measurements)."""
+    drifts = [0.0]
+    for align in _clock_alignment(run, warn=False):
+        if align is _SAME_CLOCK:
+            continue
+        if align.start is None or align.end is None:
+            return math.nan
+        drifts.append(abs(align.end.offset_s - align.start.offset_s))
+    return max(drifts)
 
 
 def _work_cv(work: np.ndarray) -> np.ndarray:
