@@ -241,3 +241,42 @@ def test_delay_specs_of_a_sweep():
     specs = sim.delay_specs(runs)
     assert list(specs) == ["rotating"]
     assert specs["rotating"] == DelaySpec(kind="rotating", size_s=0.02)
+
+
+def _prediction_check(runs, its):
+    import copy
+    from pathlib import Path
+
+    from bls_dlrm import claims
+    from bls_dlrm import plotting as bp
+
+    root = Path(__file__).resolve().parents[1]
+    protocol = copy.deepcopy(claims.load_protocol(root / "config" / "protocol.yaml"))
+    entry = next(e for e in protocol["checks"] if e["metric"] == "prediction_ratio")
+    entry["min_repetitions"] = 3  # the made-up sweep has 3 repetitions
+    entry["calibration"] = "balanced"
+    entry["lag_bounds"] = [2, 8]  # the made-up sweep's
+    protocol["checks"] = [entry]
+    runs = claims.attach_predictions(bp.annotate_runs(runs), its, protocol)
+    (check,) = claims.evaluate_checks(runs, protocol=protocol)
+    return check, runs
+
+
+def test_claims_check_judges_the_prediction_error():
+    from bls_dlrm import claims
+
+    runs, its = _made_up_sweep()
+    check, with_pred = _prediction_check(runs, its)
+    assert with_pred.loc[with_pred["series"] == "bls L=8", "predicted_speedup"].notna().all()
+    assert with_pred.loc[with_pred["series"] == "mpi", "predicted_speedup"].isna().all()
+    assert check.verdict == claims.SUPPORTED, check.measured
+    points = check.details["point"].to_numpy()
+    assert points == pytest.approx(1.0, abs=1e-6)
+    # BLS L=8 on the rotating workload measured 25% faster than predicted: 0.8, outside
+    faster = (runs["config.tags.scenario"] == "rotating") & (runs["lag_bound"] == 8)
+    runs.loc[faster, "throughput_sps"] *= 1.25
+    check, _ = _prediction_check(runs, its)
+    assert check.verdict == claims.NOT_SUPPORTED, check.measured
+    row = check.details[(check.details["workload"] == "rotating")]
+    row = row[row["series"] == "bls L=8"].iloc[0]
+    assert row["point"] == pytest.approx(0.8, rel=1e-6)

@@ -16,6 +16,12 @@ name or lag bound of its own; it knows only how to compute each metric:
     That ratio divided, repetition by repetition, by the ideal speedup the theory gives
     for the judged BLS run's own logged per-rank work (``ideal_speedup`` of the runs table,
     :mod:`bls_dlrm.theory`): the share of the possible gain the run realised.
+``prediction_ratio``
+    The speedup :mod:`bls_dlrm.simulate` predicts for ``bls L=<lag bound>`` over the best
+    synchronous series (from that series' logged per-rank work, per-series overheads
+    calibrated on the entry's ``calibration`` workload, the exchange cost fitted on the
+    sweep's synchronous runs) over the measured speedup, paired by repetition: the
+    model's prediction error plus one.
 ``checksums_identical``
     Within a workload, every run (every series and repetition) has the same predictions
     checksum; with the per-iteration table, every iteration agrees across runs too.
@@ -51,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 
 from bls_dlrm import plotting as bp
@@ -93,7 +100,7 @@ SCHEMA_PATH = Path("workflow/schemas/protocol.schema.yaml")
 
 FIGURE_COMMAND = "snakemake --cores 2 figures/{name}.pdf"
 CLAIMS_COMMAND = "snakemake --cores 2 results/claims.md"
-RATIO_METRICS = ("throughput_ratio", "ideal_fraction")
+RATIO_METRICS = ("throughput_ratio", "ideal_fraction", "prediction_ratio")
 #: Metrics of the serving sweep (serving.parquet, capacity.parquet: bls_dlrm.serving).
 SERVING_METRICS = ("capacity_ratio", "p99_gain")
 #: The role of a serving launch's synchronous series in the serving tables.
@@ -279,6 +286,7 @@ _JUDGED_COLUMNS = (
     "collective",
     "lag_bound",
     "ideal_speedup",
+    "predicted_speedup",
     "predictions_checksum",
     *REPETITION_COLUMNS,
 )
@@ -358,6 +366,8 @@ def _judge_ratio(
     paired = bool(st["paired"]) and rep is not None
     num = _per_rep(target, rep if paired else None, metric)
     den = _per_rep(baseline, rep if paired else None, metric)
+    if entry["metric"] == "prediction_ratio":
+        return _judge_prediction(target, base, num, den, rep if paired else None, entry, st)
     ideal = (
         _per_rep(target, rep if paired else None, "ideal_speedup")
         if ("ideal_speedup" in target.columns)
@@ -396,6 +406,73 @@ def _judge_ratio(
         ideal=float(ideal.median()) if len(ideal) else math.nan,
         note=note,
     )
+
+
+def _judge_prediction(target, base, num, den, rep, entry, st) -> Judgement:
+    """``prediction_ratio``: predicted / measured speedup, per repetition (paired)."""
+    series = str(target["series"].iloc[0])
+    workload = str(target["workload"].iloc[0])
+    pred = (
+        _per_rep(target, rep, "predicted_speedup").dropna()
+        if "predicted_speedup" in target.columns
+        else pd.Series(dtype="float64")
+    )
+    if rep is not None:
+        common = num.index.intersection(den.index).intersection(pred.index)
+        num, den, pred = num.loc[common], den.loc[common], pred.loc[common]
+    n = int(min(len(num), len(den), len(pred)))
+    if n == 0:
+        return Judgement(
+            workload, series, base, 0, math.nan, math.nan, math.nan, NOT_TESTED,
+            note="no simulated speedup (iterations table or calibration runs missing)",
+        )  # fmt: skip
+    # predicted / (bls / base) = (predicted * base) / bls
+    point, low, high, verdict, note = _interval(
+        den.iloc[:n] * pred.to_numpy()[:n], num.iloc[:n], rep is not None, n, "", entry, st
+    )
+    return Judgement(workload, series, base, n, point, low, high, verdict, note=note)
+
+
+def attach_predictions(
+    runs: pd.DataFrame, iterations: pd.DataFrame | None, protocol: Mapping[str, Any]
+) -> pd.DataFrame:
+    """``runs`` with ``predicted_speedup`` on each BLS run the protocol's
+    ``prediction_ratio`` entries judge (:func:`bls_dlrm.simulate.validation_table`, one
+    calibration per entry's ``calibration`` workload); unchanged if none or no iterations."""
+    from bls_dlrm import simulate
+
+    entries = [
+        e
+        for g in ("claims", "checks")
+        for e in protocol.get(g) or ()
+        if e.get("metric") == "prediction_ratio"
+    ]
+    if not entries or iterations is None or runs.empty:
+        return runs
+    out = runs.copy()
+    out["predicted_speedup"] = math.nan
+    works = simulate.work_matrices(iterations)
+    sync = list(protocol["synchronous"]["series"])
+    for calibration in dict.fromkeys(str(e["calibration"]) for e in entries):
+        cost, overhead = simulate.fit_from_sweep(out, iterations, calibration, works=works)
+        table = simulate.validation_table(
+            out, iterations, cost, overhead, calibration=calibration, sync_series=sync,
+            works=works,
+        )  # fmt: skip
+        if table.empty:
+            continue
+        predicted = table.set_index(["run_id", "series"])["predicted_speedup"]
+        keys = pd.MultiIndex.from_arrays([out["run_id"], out["series"]])
+        hit = keys.isin(predicted.index)
+        out.loc[hit, "predicted_speedup"] = predicted.reindex(keys[hit]).to_numpy()
+    return out
+
+
+#: Iterations-table columns the simulation reads.
+SIMULATION_COLUMNS = (
+    "run_id", "collective", "lag_bound", "rank", "iteration", "warmup",
+    "compute_s", "delay_s", "wait_s", "t_posted", "t_bottom", "t_completed",
+)  # fmt: skip
 
 
 def _interval(num, den, paired: bool, n: int, note: str, entry, st):
@@ -538,6 +615,9 @@ def _ratio_claim(
             claim.threshold += f" (at {entry['load']:g} x the synchronous capacity)"
     else:
         names = _workloads(runs, entry["workloads"])
+        if entry["workloads"] == "all":  # stress workloads are never judged on timing
+            stress = set(_stress(runs, protocol))
+            names = [w for w in names if w not in stress]
         js = [
             _judge_ratio(runs, w, int(lag), entry, protocol)
             for w in names
@@ -1210,6 +1290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         serving = {
             n: pd.read_parquet(args.tables / f"{n}.parquet") for n in ("serving", "capacity")
         }
+    its_path = args.tables / "iterations.parquet"
+    if its_path.is_file():
+        names = set(pq.read_schema(its_path).names)
+        columns = [c for c in SIMULATION_COLUMNS if c in names]
+        runs = attach_predictions(runs, pd.read_parquet(its_path, columns=columns), protocol)
     claims = evaluate(runs, per_iteration, protocol, serving)
     checks = evaluate_checks(runs, per_iteration, protocol, serving)
     machine = machine_info(runs)

@@ -26,8 +26,10 @@ rule claims:
     input:
         runs=f"{PAPER_TABLES_DIR}/runs.parquet",
         per_iteration=f"{PAPER_TABLES_DIR}/per_iteration.parquet",
+        iterations=f"{PAPER_TABLES_DIR}/iterations.parquet",  # the simulation's check
         serving=list(SERVING_TABLES.values()) if SERVING else [],
         code="src/bls_dlrm/claims.py",
+        simulation="src/bls_dlrm/simulate.py",
         protocol="config/protocol.yaml",
         protocol_schema="workflow/schemas/protocol.schema.yaml",
     output:
