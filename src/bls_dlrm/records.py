@@ -233,6 +233,8 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
         The inference loop calls this right before its first iteration, so ``t0`` and
         ``started_utc`` describe the same instant. Pass ``git_rev=None`` to record that the
         revision is unknown without asking git; the default ``"auto"`` asks git.
+        ``clock_sync`` is the offset to rank 0's clock measured right before the run
+        (:func:`bls_dlrm.clocks.measure`).
         """
         t0 = time.monotonic()
         started = datetime.now(UTC).isoformat()
