@@ -546,3 +546,16 @@ def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, dataset, tmp_p
         assert (np.abs(close[:, 1] - close[:, 0]) <= error + 0.05).all()
         unaligned = close[:, 1] + it.loc[it["rank"] == 1, "clock_offset_s"].to_numpy()
         assert (np.abs(unaligned - close[:, 0]) > OFFSET - 5.0).all()
+
+
+def test_header_new_carries_the_clock_sync():
+    sync = ClockSync(1000.25, 2e-6, 3.5)
+    header = Header.new(
+        run_id="r", rank=0, world_size=1, collective="bls", lag_bound=0, config={},
+        versions={}, git_rev=None, clock_sync=sync,
+    )  # fmt: skip
+    assert header.clock_sync == sync and header.to_dict()["clock_sync_t"] == 3.5
+    assert Header.new(
+        run_id="r", rank=0, world_size=1, collective="bls", lag_bound=0, config={},
+        versions={}, git_rev=None,
+    ).clock_sync is None  # fmt: skip
