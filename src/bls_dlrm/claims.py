@@ -453,12 +453,11 @@ def attach_predictions(
     out["predicted_speedup"] = math.nan
     works = simulate.work_matrices(iterations)
     sync = list(protocol["synchronous"]["series"])
+    cost = simulate.exchange_cost_from_sweep(out, iterations)
     for calibration in dict.fromkeys(str(e["calibration"]) for e in entries):
-        cost, overhead = simulate.fit_from_sweep(out, iterations, calibration, works=works)
         table = simulate.validation_table(
-            out, iterations, cost, overhead, calibration=calibration, sync_series=sync,
-            works=works,
-        )  # fmt: skip
+            out, iterations, cost, calibration=calibration, sync_series=sync, works=works
+        )
         if table.empty:
             continue
         predicted = table.set_index(["run_id", "series"])["predicted_speedup"]

@@ -68,6 +68,7 @@ __all__ = [
     "bytes_per_peer",
     "calibrate_overhead",
     "delay_specs",
+    "exchange_cost_from_sweep",
     "exchange_samples",
     "fit_from_sweep",
     "run_key",
@@ -81,6 +82,8 @@ __all__ = [
 TERMS = ("a", "b", "c")
 #: Bytes per element of an exchanged embedding row (float32).
 ELEMENT_BYTES = 4
+#: Columns that make two workloads the same setting for calibration (ranks, model, batch).
+SETTING_COLUMNS = ("world_size", "config.tags.model", "config.model.name", "config.batch_size")
 #: Series whose runs are synchronous (lag bound 0 in the model).
 SYNC_SERIES = ("gloo", "mpi", "bls L=0")
 
@@ -474,7 +477,9 @@ def validation_table(
     per workload and repetition.
 
     ``exchange_cost`` defaults to the fit of :func:`exchange_samples` on these runs, and
-    ``overhead`` (per series) to :func:`calibrate_overhead` on ``calibration``. For each
+    ``overhead`` (per series) to :func:`calibrate_overhead` on the runs of ``calibration``
+    in the same setting (:data:`SETTING_COLUMNS`: rank count, model, batch size) as the
+    workload judged, or on all of them when that setting has no calibration runs. For each
     repetition, the best synchronous run's work matrix is simulated with that series'
     overhead at ``L = 0`` and with each BLS series' overhead at its ``L``; the predicted
     speedup is the ratio of the two makespans, the measured one the ratio of the
@@ -485,14 +490,25 @@ def validation_table(
     works = work_matrices(iterations) if works is None else works
     if exchange_cost is None:
         exchange_cost = ExchangeCost.fit(exchange_samples(iterations, runs))
-    if overhead is None:
-        overhead = calibrate_overhead(runs, iterations, exchange_cost, calibration, works=works)
     keyed = _with_keys(runs)
     keyed = keyed.assign(_key=run_key(keyed), _bytes=bytes_per_peer(keyed))
+    setting = [c for c in SETTING_COLUMNS if c in keyed.columns]
+    is_cal = (keyed["workload"] == calibration) | (keyed["scenario"] == calibration)
+    calibrated: dict[tuple, dict[str, float]] = {}
     rows: list[dict[str, Any]] = []
     for workload, df in keyed.groupby("workload", sort=False):
+        own = overhead
+        if own is None:  # calibration runs of the same setting, else all of them
+            key = tuple(df[setting].iloc[0]) if setting else ()
+            if key not in calibrated:
+                same = is_cal & (keyed[setting] == df[setting].iloc[0]).all(axis=1)
+                cal = keyed[same] if same.any() else keyed[is_cal]
+                calibrated[key] = calibrate_overhead(
+                    cal, iterations, exchange_cost, calibration, works=works
+                )
+            own = calibrated[key]
         base = best_sync(df, sync_series)
-        if base is None or base not in overhead:
+        if base is None or base not in own:
             continue
         bases = {r["rep"]: r for r in df[df["series"] == base].to_dict("records")}
         sync_runs: dict[Any, Simulation | None] = {}
@@ -500,7 +516,7 @@ def validation_table(
         for t in bls.to_dict("records"):
             series, rep = t["series"], t["rep"]
             b = bases.get(rep)
-            if series not in overhead or b is None:
+            if series not in own or b is None:
                 continue
             w = works.get(b["_key"])
             if w is None or w.shape[1] == 0:
@@ -508,11 +524,11 @@ def validation_table(
             n = b["_bytes"]
             if rep not in sync_runs:
                 sync_runs[rep] = simulate(
-                    w, exchange_cost, 0, bytes_per_peer=n, overhead_s=overhead[base]
+                    w, exchange_cost, 0, bytes_per_peer=n, overhead_s=own[base]
                 )
             sim_sync = sync_runs[rep]
             sim_bls = simulate(
-                w, exchange_cost, int(t["lag_bound"]), bytes_per_peer=n, overhead_s=overhead[series]
+                w, exchange_cost, int(t["lag_bound"]), bytes_per_peer=n, overhead_s=own[series]
             )
             predicted = sim_sync.makespan_s / sim_bls.makespan_s
             measured = float(t["throughput_sps"]) / float(b["throughput_sps"])
@@ -619,13 +635,20 @@ def fit_from_sweep(
     """The exchange cost (:func:`exchange_samples` of the sweep's bound synchronous runs)
     and the per-series overheads calibrated on ``calibration``; both from the sweep's own
     logs. Tables without the phase times give a free exchange (``fitted`` empty)."""
+    cost = exchange_cost_from_sweep(runs, iterations)
+    return cost, calibrate_overhead(runs, iterations, cost, calibration, works=works)
+
+
+def exchange_cost_from_sweep(runs: pd.DataFrame, iterations: pd.DataFrame) -> ExchangeCost:
+    """:meth:`ExchangeCost.fit` on :func:`exchange_samples` of the sweep's bound
+    synchronous runs; tables without the phase times give a free exchange (``fitted``
+    empty)."""
     needed = {"t_bottom", "t_completed", "wait_s", "rank", "iteration"}
-    cost = ExchangeCost(fitted=(), rows=0)
     if needed <= set(iterations.columns):
         samples = exchange_samples(iterations, runs)
         if not samples.empty:
-            cost = ExchangeCost.fit(samples)
-    return cost, calibrate_overhead(runs, iterations, cost, calibration, works=works)
+            return ExchangeCost.fit(samples)
+    return ExchangeCost(fitted=(), rows=0)
 
 
 _DELAY_FIELDS = ("size_s", "p", "distribution", "sigma", "seed", "mode")
