@@ -256,6 +256,7 @@ def _prediction_check(runs, its):
     entry["min_repetitions"] = 3  # the made-up sweep has 3 repetitions
     entry["calibration"] = "balanced"
     entry["lag_bounds"] = [2, 8]  # the made-up sweep's
+    entry["workloads"] = ["rotating"]  # out of sample, as the protocol's
     protocol["checks"] = [entry]
     runs = claims.attach_predictions(bp.annotate_runs(runs), its, protocol)
     (check,) = claims.evaluate_checks(runs, protocol=protocol)
