@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test reproduce venv lint format bench clean-venv
+.PHONY: test test-slurm reproduce venv lint format bench clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.tom
 test: $(STAMP)
 	$(BIN)/ruff check src tests notebooks
 	$(BIN)/python -m pytest
+
+# The smoke workflow through profiles/slurm on a one-node Slurm cluster started here (root;
+# installs slurm-wlm and munge with apt-get when missing); see profiles/slurm/README.md.
+test-slurm: $(STAMP)
+	$(BIN)/python tests/slurm_cluster.py smoke
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/local

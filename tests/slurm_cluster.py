@@ -1,0 +1,496 @@
+"""A one-node Slurm cluster on this machine, and the smoke workflow run through it.
+
+    python tests/slurm_cluster.py smoke            # `make test-slurm`
+    python tests/slurm_cluster.py run -- CMD ...   # any command against a fresh cluster
+
+The cluster lives in a temporary directory: its own munge key and `munged` socket, a
+one-node `slurm.conf` (NodeName=localhost, the machine's CPUs, partition `debug`, no
+accounting), `slurmctld` and `slurmd` on free ports, state, spool, logs and pid files
+under that directory. The daemons run in the foreground as children of this process, so
+teardown stops exactly them and removes the directory, also when the run fails. Clients
+find the cluster through SLURM_CONF, which the smoke run exports to Snakemake (and through
+`sbatch --export=ALL` to every job).
+
+Slurm and munge come from Debian (`apt-get install slurm-wlm munge`, done here when they
+are missing and we are root). A Slurm or munge daemon already running on the machine is
+never touched: the script refuses to start instead.
+
+`smoke` copies the tracked files of the working tree to a temporary folder (the
+repository's results/ stay untouched), writes a test profile that is profiles/slurm with
+its placeholders filled (partition `debug`, no account, the node's CPUs per node) and the
+overrides a one-node test needs, runs `snakemake --profile <that profile> --configfile
+config/smoke.yaml`, and checks that every figure and results/claims.md appeared and that
+every launch (run and serving rules) ran its ranks inside a Slurm allocation: the job's
+Slurm log names the job id, and slurmd's log shows a job step of that job started by
+`srun` (MPICH's launcher inside an allocation starts its proxies, and through them the
+ranks, as a job step; a launch outside an allocation makes no step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ["slurm-wlm", "munge"]
+CLIENTS = ("sbatch", "srun", "salloc", "squeue", "sinfo", "scancel", "scontrol", "sacct")
+DAEMONS = ("slurmctld", "slurmd", "munged", "slurmdbd", "slurmstepd")
+PARTITION = "debug"
+NODE = "localhost"
+# Settings of the test profile on top of profiles/slurm (a one-node cluster without
+# accounting on a machine with 2 cores): no account to check, status queries by squeue
+# (jobs stay listed for MinJobAge), a short first status check, Slurm logs kept (the
+# check reads them) and memory requests that fit the machine.
+TEST_PROFILE_EXTRA = """
+# Test overrides (tests/slurm_cluster.py): one-node cluster without accounting.
+slurm-no-account: true
+slurm-status-command: squeue
+slurm-init-seconds-before-status-checks: 2
+slurm-keep-successful-logs: true
+latency-wait: 5
+retries: 0
+"""
+TEST_MEM_MB_PER_CPU = 1000
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started (or must not be, on this machine)."""
+
+
+def log(msg: str) -> None:
+    print(f"[slurm-test] {msg}", flush=True)
+
+
+def running_daemons() -> list[str]:
+    """`name (pid)` of every Slurm or munge daemon running on the machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in DAEMONS:
+            found.append(f"{comm} ({proc.name})")
+    return found
+
+
+def ensure_installed() -> None:
+    """Install slurm-wlm and munge with apt-get when a binary is missing (root only)."""
+    needed = ["slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "munged"]
+    missing = [b for b in needed if shutil.which(b) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ClusterError(
+            f"missing {', '.join(missing)}; install {' '.join(PACKAGES)} (Debian) as root"
+        )
+    log(f"installing {' '.join(PACKAGES)} (missing: {', '.join(missing)})")
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], check=True, env=env)
+    still = [b for b in needed if shutil.which(b) is None]
+    if still:
+        raise ClusterError(f"after apt-get install, still missing: {', '.join(still)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slurm_conf(root: Path, cpus: int, ctld_port: int, slurmd_port: int) -> str:
+    host = socket.gethostname().split(".")[0]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return f"""\
+ClusterName=blstest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={root}/munge/munge.socket
+CredType=cred/munge
+PlugStackConfig={root}/plugstack.conf
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/run/slurmctld.pid
+SlurmdPidFile={root}/run/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=verbose
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+MinJobAge=600
+NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class SlurmCluster:
+    """Context manager: a one-node Slurm cluster under a temporary directory."""
+
+    def __init__(self, cpus: int | None = None, startup_timeout: float = 60.0, keep: bool = False):
+        self.cpus = cpus or os.cpu_count() or 1
+        self.keep = keep
+        self.startup_timeout = startup_timeout
+        self.root: Path | None = None
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> SlurmCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def conf(self) -> Path:
+        assert self.root is not None
+        return self.root / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.root is not None
+        path = f"{self.root / 'bin'}:{os.environ.get('PATH', '')}"
+        return os.environ | {"SLURM_CONF": str(self.conf), "PATH": path}
+
+    def _client_wrappers(self) -> None:
+        """Slurm's client commands, first on PATH, each pointed at this cluster's conf.
+
+        SLURM_CONF alone does not reach every client: the Slurm executor's job step drops
+        the SLURM_* variables other than the job's identity before it calls `srun`.
+        """
+        assert self.root is not None
+        bindir = self.root / "bin"
+        bindir.mkdir(mode=0o755)
+        for name in CLIENTS:
+            real = shutil.which(name)
+            if real is None:
+                continue
+            wrapper = bindir / name
+            # Submissions are recorded (log/sbatch.calls) for the check and for debugging.
+            record = f'echo "$*" >> "{self.root}/log/{name}.calls"\n' if name == "sbatch" else ""
+            wrapper.write_text(
+                f'#!/bin/sh\n{record}SLURM_CONF="{self.conf}" exec "{real}" "$@"\n'
+            )
+            wrapper.chmod(0o755)
+
+    def logfile(self, name: str) -> Path:
+        assert self.root is not None
+        return self.root / "log" / f"{name}.log"
+
+    def start(self) -> None:
+        if sys.platform != "linux":
+            raise ClusterError("the test cluster needs Linux")
+        if os.geteuid() != 0:
+            raise ClusterError("the test cluster runs its daemons as root (SlurmUser=root)")
+        others = running_daemons()
+        if others:
+            raise ClusterError(
+                "refusing to start: Slurm/munge daemons already run on this machine: "
+                + ", ".join(others)
+            )
+        ensure_installed()
+        self.root = Path(tempfile.mkdtemp(prefix="bls-slurm-"))
+        # munged wants its socket's folders searchable by everyone.
+        self.root.chmod(0o711)
+        for sub in ("munge", "state", "spool", "run", "log"):
+            (self.root / sub).mkdir(mode=0o700)
+        (self.root / "munge").chmod(0o711)
+        (self.root / "plugstack.conf").write_text("")
+        self._client_wrappers()
+        self._start_munge()
+        self.conf.write_text(slurm_conf(self.root, self.cpus, free_port(), free_port()))
+        log(f"cluster in {self.root} ({self.cpus} CPUs, partition {PARTITION})")
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", NODE])
+        self._wait_idle()
+
+    def _start_munge(self) -> None:
+        assert self.root is not None
+        m = self.root / "munge"
+        key = m / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                f"--socket={m / 'munge.socket'}",
+                f"--key-file={key}",
+                f"--log-file={m / 'munged.log'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--seed-file={m / 'munged.seed'}",
+            ],
+        )
+        self._wait(lambda: (m / "munge.socket").exists(), "munged's socket", "munged")
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        assert self.root is not None
+        out = open(self.root / "log" / f"{name}.out", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        out.close()
+        self.procs.append((name, proc))
+
+    def _wait(self, ready, what: str, daemon: str | None = None) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise ClusterError(f"{name} exited ({proc.returncode}):\n{self.tail(name)}")
+            if ready():
+                return
+            time.sleep(0.5)
+        raise ClusterError(f"timed out waiting for {what}\n{self.tail(daemon or 'slurmctld')}")
+
+    def node_state(self) -> str:
+        r = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    def _wait_idle(self) -> None:
+        self._wait(lambda: self.node_state() == "idle", "sinfo to show the node idle")
+        log("node idle")
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        if self.root is None:
+            return ""
+        text = []
+        for path in (self.logfile(name), self.root / "log" / f"{name}.out"):
+            if path.exists():
+                text += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(text)
+
+    def stop(self) -> None:
+        """Cancel every job, stop the daemons this object started, remove the directory."""
+        running = [(n, p) for n, p in self.procs if p.poll() is None]
+        if any(n == "slurmctld" for n, _ in running):
+            subprocess.run(["scancel", "--full", "--user", "root"], env=self.env, timeout=20)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                r = subprocess.run(
+                    ["squeue", "-h", "-t", "PD,R,CG,S"],
+                    env=self.env,
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                if r.returncode != 0 or not r.stdout.strip():
+                    break
+                time.sleep(0.5)
+        # slurmd first (it stops its steps), then the controller, then munge.
+        order = {"slurmd": 0, "slurmctld": 1, "munged": 2}
+        for name, proc in sorted(running, key=lambda np: order.get(np[0], 3)):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                log(f"{name} ({proc.pid}) ignored SIGTERM: killed")
+                proc.kill()
+                proc.wait(timeout=10)
+        self.procs = []
+        if self.root is not None:
+            if self.keep:
+                log(f"kept {self.root}")
+            else:
+                shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+
+# -- the smoke workflow through profiles/slurm ------------------------------------------
+
+
+def copy_tree(dest: Path) -> None:
+    """The tracked files of the working tree (as they are now) under dest."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for raw in files:
+        if not raw:
+            continue
+        rel = Path(os.fsdecode(raw))
+        src = REPO / rel
+        if not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+
+
+def make_test_profile(dest: Path, cpus: int) -> Path:
+    """profiles/slurm with the placeholders filled for the test cluster, under dest."""
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    text = re.sub(r'(?m)^\s*slurm_account:\s*"<ACCOUNT>"\s*\n', "", text)
+    text = text.replace("<PARTITION>", PARTITION).replace("<RANKS_PER_NODE>", str(cpus))
+    text = re.sub(r"(?m)^(\s*mem_mb_per_cpu:)\s*\d+", rf"\1 {TEST_MEM_MB_PER_CPU}", text)
+    left = re.findall(r"(?m)^[^#\n]*(<[A-Z_]+>)", text)
+    if left:
+        raise ClusterError(f"profiles/slurm/config.yaml: unknown placeholders {left}")
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(text + TEST_PROFILE_EXTRA)
+    return dest
+
+
+def launch_jobs(work: Path, rules: tuple[str, ...]) -> dict[str, list[str]]:
+    """Slurm job ids of every job of the given rules, per job, from the kept Slurm logs."""
+    jobs: dict[str, list[str]] = {}
+    logdir = work / ".snakemake" / "slurm_logs"
+    for rule in rules:
+        for path in sorted((logdir / f"rule_{rule}").rglob("*.log")):
+            key = f"{rule}/{path.parent.relative_to(logdir / f'rule_{rule}')}"
+            jobs.setdefault(key, []).append(path.stem)
+    return jobs
+
+
+def check_smoke(work: Path, slurmd_log: str) -> list[str]:
+    """Problems with the smoke run's outputs (empty: all good)."""
+    problems = []
+    figures = sorted(p.stem for p in (work / "notebooks").glob("fig*.py"))
+    if not figures:
+        problems.append("no figure notebooks found")
+    for fig in figures:
+        for ext in ("pdf", "png"):
+            if not (work / "figures" / f"{fig}.{ext}").is_file():
+                problems.append(f"missing figures/{fig}.{ext}")
+    claims = work / "results" / "claims.md"
+    if not claims.is_file() or not claims.read_text().strip():
+        problems.append("missing or empty results/claims.md")
+    runs = sorted((work / "results" / "runs").rglob("rank0*.jsonl"))
+    if not runs:
+        problems.append("no run logs under results/runs")
+
+    launches = launch_jobs(work, ("run_2ranks", "serve"))
+    n_run = len([k for k in launches if k.startswith("run_")])
+    n_dirs = len({p.parent for p in runs})
+    if n_run != n_dirs:
+        problems.append(f"{n_run} Slurm run jobs for {n_dirs} launch folders")
+    if not any(k.startswith("serve/") for k in launches):
+        problems.append("no Slurm job of the serving launch")
+    # slurmd logs "Launching batch job <job>" for a job's batch script and "launch task
+    # StepId=<job>.<step> request" for every step `srun` starts inside the allocation.
+    steps = set(re.findall(r"launch task StepId=(\d+)\.\d+ ", slurmd_log))
+    batches = set(re.findall(r"Launching batch job (\d+) ", slurmd_log))
+    for key, ids in sorted(launches.items()):
+        job = ids[-1]
+        if job not in batches:
+            problems.append(f"{key}: Slurm job {job} has no batch step in slurmd's log")
+        if job not in steps:
+            problems.append(
+                f"{key}: Slurm job {job} started no job step (ranks outside the allocation?)"
+            )
+        else:
+            log(f"{key}: Slurm job {job}, ranks in job step {job}.0")
+    return problems
+
+
+def smoke(timeout: float, keep: bool = False) -> int:
+    python = Path(sys.executable)
+    snakemake = python.parent / "snakemake"
+    tmp = Path(tempfile.mkdtemp(prefix="bls-smoke-"))
+    try:
+        with SlurmCluster(keep=keep) as cluster:
+            return _smoke(cluster, tmp, snakemake, timeout)
+    finally:
+        if keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _smoke(cluster: SlurmCluster, tmp: Path, snakemake: Path, timeout: float) -> int:
+    if True:
+        work = Path(tmp) / "repo"
+        copy_tree(work)
+        profile = make_test_profile(Path(tmp) / "profile", cluster.cpus)
+        argv = [
+            str(snakemake),
+            "--profile",
+            str(profile),
+            "--configfile",
+            "config/smoke.yaml",
+        ]
+        log(f"in a copy of the tree at {work}: {' '.join(argv)}")
+        env = cluster.env | {"OMP_NUM_THREADS": "1"}
+        start = time.monotonic()
+        try:
+            r = subprocess.run(argv, cwd=work, env=env, timeout=timeout)
+            code = r.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        wall = time.monotonic() - start
+        if code != 0:
+            log(f"snakemake {'timed out' if code is None else f'failed ({code})'}")
+            for name in ("slurmctld", "slurmd"):
+                print(f"--- {name} log (tail) ---\n{cluster.tail(name)}")
+            for path in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
+                print(f"--- {path.relative_to(work)} ---\n{path.read_text()[-3000:]}")
+            return 1
+        problems = check_smoke(work, cluster.logfile("slurmd").read_text(errors="replace"))
+        for p in problems:
+            log(f"FAIL: {p}")
+        if problems:
+            return 1
+        log(f"OK: smoke workflow through Slurm in {wall:.0f} s wall time")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("smoke", help="run config/smoke.yaml through profiles/slurm")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds for snakemake")
+    s.add_argument("--keep", action="store_true", help="keep the cluster and work folders")
+    r = sub.add_parser("run", help="run a command against a fresh cluster (SLURM_CONF set)")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    # A terminated test still tears its cluster down (the context managers' exits).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        if args.cmd == "smoke":
+            return smoke(args.timeout, args.keep)
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            ap.error("run: no command given")
+        with SlurmCluster() as cluster:
+            return subprocess.run(command, env=cluster.env).returncode
+    except ClusterError as e:
+        log(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
