@@ -29,6 +29,7 @@ ranks, as a job step; a launch outside an allocation makes no step).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,9 +199,7 @@ class SlurmCluster:
             wrapper = bindir / name
             # Submissions are recorded (log/sbatch.calls) for the check and for debugging.
             record = f'echo "$*" >> "{self.root}/log/{name}.calls"\n' if name == "sbatch" else ""
-            wrapper.write_text(
-                f'#!/bin/sh\n{record}SLURM_CONF="{self.conf}" exec "{real}" "$@"\n'
-            )
+            wrapper.write_text(f'#!/bin/sh\n{record}SLURM_CONF="{self.conf}" exec "{real}" "$@"\n')
             wrapper.chmod(0o755)
 
     def logfile(self, name: str) -> Path:
@@ -257,7 +257,11 @@ class SlurmCluster:
         assert self.root is not None
         out = open(self.root / "log" / f"{name}.out", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env | {"TZ": "UTC"},
+            start_new_session=True,
         )
         out.close()
         self.procs.append((name, proc))
@@ -376,7 +380,7 @@ def launch_jobs(work: Path, rules: tuple[str, ...]) -> dict[str, list[str]]:
     return jobs
 
 
-def check_smoke(work: Path, slurmd_log: str) -> list[str]:
+def check_smoke(work: Path, slurmctld_log: str, slurmd_log: str) -> list[str]:
     """Problems with the smoke run's outputs (empty: all good)."""
     problems = []
     figures = sorted(p.stem for p in (work / "notebooks").glob("fig*.py"))
@@ -395,26 +399,54 @@ def check_smoke(work: Path, slurmd_log: str) -> list[str]:
 
     launches = launch_jobs(work, ("run_2ranks", "serve"))
     n_run = len([k for k in launches if k.startswith("run_")])
-    n_dirs = len({p.parent for p in runs})
+    n_dirs = len({p.parent.parent for p in runs})
     if n_run != n_dirs:
         problems.append(f"{n_run} Slurm run jobs for {n_dirs} launch folders")
     if not any(k.startswith("serve/") for k in launches):
         problems.append("no Slurm job of the serving launch")
-    # slurmd logs "Launching batch job <job>" for a job's batch script and "launch task
-    # StepId=<job>.<step> request" for every step `srun` starts inside the allocation.
-    steps = set(re.findall(r"launch task StepId=(\d+)\.\d+ ", slurmd_log))
-    batches = set(re.findall(r"Launching batch job (\d+) ", slurmd_log))
     for key, ids in sorted(launches.items()):
-        job = ids[-1]
-        if job not in batches:
-            problems.append(f"{key}: Slurm job {job} has no batch step in slurmd's log")
-        if job not in steps:
-            problems.append(
-                f"{key}: Slurm job {job} started no job step (ranks outside the allocation?)"
-            )
-        else:
-            log(f"{key}: Slurm job {job}, ranks in job step {job}.0")
+        problems += check_launch(work, key, ids[-1], slurmctld_log, slurmd_log)
     return problems
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=None)
+
+
+def check_launch(work: Path, key: str, job: str, slurmctld_log: str, slurmd_log: str) -> list[str]:
+    """Did every rank of this launch run while its Slurm job held the allocation?
+
+    Evidence without accounting: slurmctld's log gives the job's allocation and completion
+    instants, slurmd's log that the job's batch script ran on the node, the job's Slurm log
+    the launch folder its rule wrote, and every rank log's header the instant the rank
+    started (`started_utc`; the daemons log UTC here, see `TZ` in the daemons' env).
+    """
+    slurm_log = next((work / ".snakemake" / "slurm_logs").rglob(f"{job}.log"))
+    folder = re.search(r"--out '?(results/(?:runs|serving)/[^' ]+)", slurm_log.read_text())
+    alloc = re.search(rf"^\[(\S+)\] sched: Allocate JobId={job} ", slurmctld_log, re.M)
+    done = re.search(rf"^\[(\S+)\] _job_complete: JobId={job} done", slurmctld_log, re.M)
+    if folder is None or alloc is None or done is None:
+        return [f"{key}: Slurm job {job}: no launch folder, allocation or completion logged"]
+    if not re.search(rf"Launching batch job {job} ", slurmd_log):
+        return [f"{key}: Slurm job {job}: slurmd never started its batch script"]
+    begin, end = _stamp(alloc.group(1)), _stamp(done.group(1))
+    headers = []
+    for path in sorted((work / folder.group(1)).rglob("*.jsonl")):
+        with open(path) as f:
+            headers.append(json.loads(f.readline()))
+    if not headers:
+        return [f"{key}: no rank logs in {folder.group(1)}"]
+    outside = [
+        h["run_id"] + f" rank {h['rank']}"
+        for h in headers
+        if not begin <= _stamp(h["started_utc"]) <= end
+    ]
+    if outside:
+        return [f"{key}: ranks started outside Slurm job {job} ({begin}..{end}): {outside}"]
+    step = re.search(rf"launch task StepId={job}\.\d+ ", slurmd_log) is not None
+    how = f"proxies in job step {job}.0" if step else "in the job's batch step"
+    log(f"{key}: {len(headers)} rank logs inside Slurm job {job} ({how})")
+    return []
 
 
 def smoke(timeout: float, keep: bool = False) -> int:
@@ -459,7 +491,11 @@ def _smoke(cluster: SlurmCluster, tmp: Path, snakemake: Path, timeout: float) ->
             for path in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
                 print(f"--- {path.relative_to(work)} ---\n{path.read_text()[-3000:]}")
             return 1
-        problems = check_smoke(work, cluster.logfile("slurmd").read_text(errors="replace"))
+        problems = check_smoke(
+            work,
+            cluster.logfile("slurmctld").read_text(errors="replace"),
+            cluster.logfile("slurmd").read_text(errors="replace"),
+        )
         for p in problems:
             log(f"FAIL: {p}")
         if problems:
