@@ -149,7 +149,9 @@ def _check_criteo(cfg):
             continue
         key = f"models[{i}]"
         if model["name"] == "sources":  # data/criteo/sources/ holds the source records
-            raise config_error(f"{key}.name", "'sources' is reserved for Criteo sources")
+            raise config_error(
+                f"{key}.name", "'sources' is reserved for Criteo sources"
+            )
         if model["model"] not in ("kaggle", "terabyte"):
             raise config_error(
                 f"{key}.model",
