@@ -72,7 +72,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .launch import mpiexec_path, rank_env
+from .launch import mpiexec_path, run_command
 
 PREFIX = "blsh"
 DEFAULT_SUBNET = "10.213.0.0/24"
@@ -468,27 +468,9 @@ class NetnsHosts:
         return self._run(cmd, timeout, env, cwd, check)
 
     def _run(self, cmd, timeout, env, cwd, check) -> subprocess.CompletedProcess:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=rank_env(env),
-            cwd=cwd,
-            start_new_session=True,
+        return run_command(
+            cmd, timeout=timeout, env=env, cwd=cwd, check=check, on_timeout=self.kill_all
         )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            self.kill_all()
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
-        result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
-        return result
 
     def kill_all(self) -> None:
         """SIGKILL every process left in the hosts' namespaces."""

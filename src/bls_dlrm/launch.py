@@ -7,10 +7,12 @@ look it up on PATH.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -76,6 +78,22 @@ def run_mpi(
     ``bind`` as in :func:`mpiexec_command`.
     """
     cmd = mpiexec_command(nprocs, argv, bind=bind)
+    return run_command(cmd, timeout=timeout, env=env, cwd=cwd, check=check)
+
+
+def run_command(
+    cmd: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    check: bool = True,
+    on_timeout: Callable[[], None] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a launcher command in its own session with the ranks' environment, output
+    captured; at ``timeout`` its process group is killed (then ``on_timeout``, for
+    processes outside the group) and :class:`subprocess.TimeoutExpired` carries the output.
+    """
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -88,7 +106,10 @@ def run_mpi(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if on_timeout is not None:
+            on_timeout()
         out, err = proc.communicate()
         raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
     result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
