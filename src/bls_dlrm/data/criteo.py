@@ -421,6 +421,26 @@ def _copy_hashed(source: IO[bytes], path: Path) -> str:
     return digest.hexdigest()
 
 
+def _sha256_of(
+    stream: IO[bytes],
+    size: int | None,
+    desc: str,
+    progress: bool | None,
+    copy_to: IO[bytes] | None = None,
+) -> str:
+    """The hex sha256 of what ``stream`` yields to its end (copied to ``copy_to`` if
+    given), with a progress bar on a terminal unless ``progress`` says otherwise."""
+    digest = hashlib.sha256()
+    disable = (not _is_tty()) if progress is None else not progress
+    with tqdm(total=size, desc=desc, unit="B", unit_scale=True, disable=disable) as bar:
+        while block := stream.read(1 << 22):
+            digest.update(block)
+            if copy_to is not None:
+                copy_to.write(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
 def fetch(
     url_or_path: str | Path,
     dest: str | Path,
@@ -446,24 +466,9 @@ def fetch(
     sidecar = dest.with_name(dest.name + FETCH_RECORD_SUFFIX)
     sidecar_tmp = sidecar.with_name(sidecar.name + ".partial")
     stream, size, name = _open_source(str(url_or_path))
-    digest = hashlib.sha256()
     try:
-        with (
-            stream,
-            open(raw, "wb") as out,
-            tqdm(
-                total=size,
-                desc=f"fetch {name}",
-                unit="B",
-                unit_scale=True,
-                disable=(not _is_tty()) if progress is None else not progress,
-            ) as bar,
-        ):
-            while block := stream.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-                bar.update(len(block))
-        actual = digest.hexdigest()
+        with stream, open(raw, "wb") as out:
+            actual = _sha256_of(stream, size, f"fetch {name}", progress, copy_to=out)
         if sha256 is not None and actual != sha256.lower():
             raise DatasetError(
                 f"{url_or_path}: sha256 {actual} does not match the expected {sha256}"
@@ -586,23 +591,11 @@ def prepare_source(
         local = local.resolve()
     else:
         local = Path(source).resolve()
-        digest = hashlib.sha256()
-        with (
-            open(local, "rb") as f,
-            tqdm(
-                total=local.stat().st_size,
-                desc=f"sha256 {local.name}",
-                unit="B",
-                unit_scale=True,
-                disable=(not _is_tty()) if progress is None else not progress,
-            ) as bar,
-        ):
-            while block := f.read(1 << 22):
-                digest.update(block)
-                bar.update(len(block))
-        if digest.hexdigest() != sha256:
+        with open(local, "rb") as f:
+            actual = _sha256_of(f, local.stat().st_size, f"sha256 {local.name}", progress)
+        if actual != sha256:
             raise DatasetError(
-                f"{source}: sha256 {digest.hexdigest()} does not match the expected "
+                f"{source}: sha256 {actual} does not match the expected "
                 f"{sha256}: a different or damaged file (the check reads the whole file)"
             )
     entry = {
