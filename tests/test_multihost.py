@@ -42,16 +42,18 @@ print(f"HOST {_MPI.COMM_WORLD.Get_rank()} {_socket.gethostname()}", flush=True)
 """
 
 
-def _hosts_of(stdout: str) -> dict[int, str]:
-    # The launcher forwards each rank's output as it comes: lines of two ranks may run
-    # into one another, so a record ends where the next one starts, not only at a newline.
-    return {int(r): h for r, h in re.findall(r"HOST (\d+) (\S+?)(?=HOST |\s|$)", stdout)}
+def _hosts_of(stdout: str, names) -> dict[int, str]:
+    # The launcher forwards each rank's output as it comes: a record of one rank may run
+    # into another's before its newline, so a record's host is matched among the known
+    # names, not read up to the next whitespace.
+    known = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return {int(r): h for r, h in re.findall(rf"HOST (\d+) ({known})", stdout)}
 
 
 def _assert_placed(stdout: str, hosts, per_host: list[int]) -> None:
     """Ranks fill the hosts in order: ranks 0..k-1 on host 1, and so on."""
     want = [h for h, k in zip(hosts.hostnames, per_host, strict=True) for _ in range(k)]
-    got = _hosts_of(stdout)
+    got = _hosts_of(stdout, hosts.hostnames)
     assert [got.get(r) for r in range(len(want))] == want, stdout
     assert len(set(want)) == len(per_host)
 
