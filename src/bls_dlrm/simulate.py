@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from bls_dlrm.delays import DelaySpec
-from bls_dlrm.theory import _as_work, _lag_gate
+from bls_dlrm.theory import _as_work, _lag_gate, timeline
 
 __all__ = [
     "ExchangeCost",
@@ -237,25 +237,8 @@ def simulate(
     o = float(overhead_s)
     if not math.isfinite(o) or o < 0:
         raise ValueError(f"overhead_s must be finite seconds >= 0, got {overhead_s!r}")
-    # Rows of the transposed matrices are iterations: each step reads and writes
-    # contiguous memory. w + o is added once up front (o = 0 leaves w as it is, so a free
-    # exchange repeats theory.start_times operation for operation).
-    wt = np.ascontiguousarray(w.T)
-    if o:
-        wt = wt + o
-    start_t = np.empty_like(wt)
-    finish_t = np.empty_like(wt)
-    complete: list[float] = []
-    own = np.zeros(ranks, dtype=np.float64)
-    for i in range(iterations):
-        gate = -1 if lag is None else i - lag - 1
-        s = np.maximum(own, complete[gate]) if gate >= 0 else own
-        start_t[i] = s
-        own = finish_t[i]
-        np.add(s, wt[i], out=own)
-        complete.append(float(own.max()) + x)
-    start, finish = start_t.T, finish_t.T
-    return Simulation(start, finish, np.asarray(complete, dtype=np.float64), x, o, lag)
+    start, finish, complete = timeline(w, lag, exchange_s=x, overhead_s=o)
+    return Simulation(start, finish, complete, x, o, lag)
 
 
 # --------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ __all__ = [
     "makespan_unbounded",
     "simulate_scale_out",
     "start_times",
+    "timeline",
 ]
 
 
@@ -85,29 +86,45 @@ def _lag_gate(lag_bound: int | float | None, iterations: int) -> int | None:
     return None if lag >= iterations - 1 else lag
 
 
+def timeline(
+    work: np.ndarray, lag: int | None, exchange_s: float = 0.0, overhead_s: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recurrence of the module docstring: ``(start, finish, complete)``.
+
+    ``work`` is a validated ranks x iterations matrix, ``lag`` a gate from
+    :func:`_lag_gate` (None: unbounded). ``start`` and ``finish`` (= post) have the shape
+    of ``work``; ``complete[i]`` is when exchange ``i`` completes, the last post of
+    iteration ``i`` plus ``exchange_s``. A rank's iteration costs its work plus
+    ``overhead_s``. With both costs 0 (the ideal) it is this module's free exchange;
+    :mod:`bls_dlrm.simulate` charges them. One vectorised step per iteration (O(N*P)) on
+    the transposed matrices, whose rows (iterations) are contiguous.
+    """
+    ranks, iterations = work.shape
+    wt = np.ascontiguousarray(work.T)
+    if overhead_s:
+        wt = wt + overhead_s
+    start_t = np.empty_like(wt)
+    finish_t = np.empty_like(wt)
+    complete = np.empty(iterations, dtype=np.float64)
+    own = np.zeros(ranks, dtype=np.float64)
+    for i in range(iterations):
+        gate = -1 if lag is None else i - lag - 1
+        s = np.maximum(own, complete[gate]) if gate >= 0 else own
+        start_t[i] = s
+        own = finish_t[i]
+        np.add(s, wt[i], out=own)
+        complete[i] = own.max() + exchange_s
+    return start_t.T, finish_t.T, complete
+
+
 def start_times(work: np.ndarray, lag_bound: int | float | None) -> np.ndarray:
     """Start time of every (rank, iteration) under lag bound ``L``, shape of ``work``.
 
-    The recurrence of the module docstring, one vectorised step per iteration (O(N*P)).
+    The recurrence of the module docstring (:func:`timeline` with a free exchange).
     Finish (= post) times are ``start_times(work, L) + work``; timeline figures draw both.
     """
     w = _as_work(work)
-    ranks, iterations = w.shape
-    lag = _lag_gate(lag_bound, iterations)
-    start = np.zeros_like(w)
-    finish = np.zeros_like(w)
-    # Latest post of each iteration over all ranks: the gate other ranks wait for.
-    posted = np.zeros(iterations, dtype=np.float64)
-    own = np.zeros(ranks, dtype=np.float64)
-    for i in range(iterations):
-        s = own
-        if lag is not None and i - lag - 1 >= 0:
-            s = np.maximum(s, posted[i - lag - 1])
-        start[:, i] = s
-        finish[:, i] = s + w[:, i]
-        own = finish[:, i]
-        posted[i] = own.max()
-    return start
+    return timeline(w, _lag_gate(lag_bound, w.shape[1]))[0]
 
 
 def ideal_makespan(work: np.ndarray, lag_bound: int | float | None) -> float:
