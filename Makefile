@@ -28,10 +28,12 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests notebooks
 	$(BIN)/python -m pytest
 
-# The smoke workflow through profiles/slurm on a one-node Slurm cluster started here (root;
-# installs slurm-wlm and munge with apt-get when missing); see profiles/slurm/README.md.
+# The smoke workflow through profiles/slurm on a one-node Slurm cluster started here, then
+# one launch over a two-node cluster of namespace hosts (root; installs slurm-wlm and munge
+# with apt-get when missing); see profiles/slurm/README.md.
 test-slurm: $(STAMP)
 	$(BIN)/python tests/slurm_cluster.py smoke
+	$(BIN)/python tests/slurm_cluster.py multinode
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/local

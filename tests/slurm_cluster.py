@@ -1,37 +1,48 @@
-"""A one-node Slurm cluster on this machine, and the smoke workflow run through it.
+"""Slurm clusters on this machine, and the workflow run through profiles/slurm on them.
 
-    python tests/slurm_cluster.py smoke            # `make test-slurm`
-    python tests/slurm_cluster.py run -- CMD ...   # any command against a fresh cluster
+    python tests/slurm_cluster.py smoke                     # `make test-slurm`, first part
+    python tests/slurm_cluster.py multinode                 # `make test-slurm`, second part
+    python tests/slurm_cluster.py run [--nodes N] -- CMD    # any command, a fresh cluster
 
-The cluster lives in a temporary directory: its own munge key and `munged` socket, a
-one-node `slurm.conf` (NodeName=localhost, the machine's CPUs, partition `debug`, no
-accounting), `slurmctld` and `slurmd` on free ports, state, spool, logs and pid files
-under that directory. The daemons run in the foreground as children of this process, so
-teardown stops exactly them and removes the directory, also when the run fails. Clients
-find the cluster through SLURM_CONF, which the smoke run exports to Snakemake (and through
-`sbatch --export=ALL` to every job).
+A cluster lives in a temporary directory: its own munge key and `munged` socket, a
+`slurm.conf` (partition `debug`, no accounting), `slurmctld` and one `slurmd` per node on
+free ports, state, spool, logs and pid files under that directory. One node is
+`localhost` with the machine's CPUs. Several nodes are namespace hosts of
+`bls_dlrm.hosts` (a network namespace on a private bridge, a hostname, a hosts file), each
+running its own `slurmd`, with the controller on the bridge. The daemons run in the
+foreground as children of this process, so teardown stops exactly them, removes the hosts
+and the directory, also when the run fails. Clients find the cluster through SLURM_CONF,
+which the runs export to Snakemake (and through `sbatch --export=ALL` to every job).
 
 Slurm and munge come from Debian (`apt-get install slurm-wlm munge`, done here when they
 are missing and we are root). A Slurm or munge daemon already running on the machine is
 never touched: the script refuses to start instead.
 
-`smoke` copies the tracked files of the working tree to a temporary folder (the
-repository's results/ stay untouched), writes a test profile that is profiles/slurm with
-its placeholders filled (partition `debug`, no account, the node's CPUs per node) and the
-overrides a one-node test needs, runs `snakemake --profile <that profile> --configfile
-config/smoke.yaml`, and checks that every figure and results/claims.md appeared and that
+Both runs copy the tracked files of the working tree to a temporary folder (the
+repository's results/ stay untouched) and write a test profile: profiles/slurm with its
+placeholders filled (partition `debug`, no account, the node's CPUs per node) and the
+overrides a test cluster needs.
+
+`smoke` (one node) runs `snakemake --profile <that profile> --configfile
+config/smoke.yaml` and checks that every figure and results/claims.md appeared and that
 every launch (run and serving rules) ran its ranks inside a Slurm allocation: the job's
-Slurm log names the job id, and slurmd's log shows a job step of that job started by
-`srun` (MPICH's launcher inside an allocation starts its proxies, and through them the
-ranks, as a job step; a launch outside an allocation makes no step).
+Slurm log names the job id, slurmd's log shows the job's batch script, and every rank
+log's header a start inside the job's allocation.
+
+`multinode` (two nodes of one CPU) runs one launch of the smoke sweep and its tables, and
+checks the same plus that the ranks ran on exactly the nodes of their job's allocation,
+which the executor's job step hides from MPICH's launcher unless `bls-dlrm mpiexec`
+restores them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +52,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from bls_dlrm.launch import expand_hostlist
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["slurm-wlm", "munge"]
@@ -112,12 +125,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def slurm_conf(root: Path, cpus: int, ctld_port: int, slurmd_port: int) -> str:
+def slurm_conf(
+    root: Path,
+    cpus: int,
+    ctld_port: int,
+    slurmd_port: int,
+    nodes: list[tuple[str, str]] | None = None,
+    ctld_address: str = "127.0.0.1",
+) -> str:
+    """slurm.conf of the test cluster; ``nodes`` are (name, address) pairs of ``cpus`` each
+    (default: one node, localhost). Half the machine's memory is shared among the nodes."""
     host = socket.gethostname().split(".")[0]
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    nodes = nodes or [(NODE, "127.0.0.1")]
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // len(nodes)
+    node_lines = "".join(
+        f"NodeName={name} NodeAddr={addr} CPUs={cpus} RealMemory={memory} State=UNKNOWN\n"
+        for name, addr in nodes
+    )
+    names = ",".join(name for name, _ in nodes)
     return f"""\
 ClusterName=blstest
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({ctld_address})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -127,11 +155,11 @@ AuthInfo=socket={root}/munge/munge.socket
 CredType=cred/munge
 PlugStackConfig={root}/plugstack.conf
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=verbose
 ProctrackType=proctrack/linuxproc
@@ -145,20 +173,37 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 MinJobAge=600
-NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName={PARTITION} Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class SlurmCluster:
-    """Context manager: a one-node Slurm cluster under a temporary directory."""
+    """Context manager: a Slurm cluster under a temporary directory.
 
-    def __init__(self, cpus: int | None = None, startup_timeout: float = 60.0, keep: bool = False):
-        self.cpus = cpus or os.cpu_count() or 1
+    One node (``localhost``, the machine's CPUs) by default. With ``nodes`` > 1, every node
+    is a namespace host of :class:`bls_dlrm.hosts.NetnsHosts` (its own network namespace on
+    a private bridge, its own hostname) running its own ``slurmd``, with ``cpus`` CPUs
+    (default: the machine's CPUs shared out); the controller listens on the bridge. Slurm
+    then places a job's tasks on several nodes, and MPICH's launcher must reach them
+    through ``srun``, as on a real cluster.
+    """
+
+    def __init__(
+        self,
+        cpus: int | None = None,
+        startup_timeout: float = 60.0,
+        keep: bool = False,
+        nodes: int = 1,
+    ):
+        if nodes < 1:
+            raise ValueError(f"need at least one node, got {nodes}")
+        self.nodes = nodes
+        self.cpus = cpus or max(1, (os.cpu_count() or 1) // nodes)
         self.keep = keep
         self.startup_timeout = startup_timeout
         self.root: Path | None = None
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.hosts = None  # NetnsHosts of a multi-node cluster
 
     # -- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> SlurmCluster:
@@ -206,6 +251,18 @@ class SlurmCluster:
         assert self.root is not None
         return self.root / "log" / f"{name}.log"
 
+    @property
+    def node_names(self) -> list[str]:
+        return [NODE] if self.hosts is None else self.hosts.hostnames
+
+    def slurmd_logs(self) -> str:
+        """Every node's slurmd log, one after the other."""
+        return "".join(
+            self.logfile(f"slurmd-{n}").read_text(errors="replace")
+            for n in self.node_names
+            if self.logfile(f"slurmd-{n}").exists()
+        )
+
     def start(self) -> None:
         if sys.platform != "linux":
             raise ClusterError("the test cluster needs Linux")
@@ -227,10 +284,27 @@ class SlurmCluster:
         (self.root / "plugstack.conf").write_text("")
         self._client_wrappers()
         self._start_munge()
-        self.conf.write_text(slurm_conf(self.root, self.cpus, free_port(), free_port()))
-        log(f"cluster in {self.root} ({self.cpus} CPUs, partition {PARTITION})")
+        nodes, ctld = None, "127.0.0.1"
+        if self.nodes > 1:
+            self.hosts = _namespace_hosts(self.nodes, self.cpus)
+            nodes = [(h.hostname, h.address) for h in self.hosts.hosts]
+            ctld = self.hosts.bridge_address
+        self.conf.write_text(
+            slurm_conf(self.root, self.cpus, free_port(), free_port(), nodes, ctld)
+        )
+        log(
+            f"cluster in {self.root} ({self.nodes} node(s) of {self.cpus} CPUs: "
+            f"{', '.join(self.node_names)}; partition {PARTITION})"
+        )
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", NODE])
+        for i, name in enumerate(self.node_names):
+            slurmd = ["slurmd", "-D", "-f", str(self.conf), "-N", name]
+            (self.root / "spool" / name).mkdir(mode=0o700)
+            if self.hosts is not None:
+                scratch = self.root / "run" / f"cgroup-{name}"
+                scratch.mkdir()
+                slurmd = _on_host(self.hosts.hosts[i], slurmd, scratch)
+            self._spawn(f"slurmd-{name}", slurmd)
         self._wait_idle()
 
     def _start_munge(self) -> None:
@@ -277,7 +351,7 @@ class SlurmCluster:
             time.sleep(0.5)
         raise ClusterError(f"timed out waiting for {what}\n{self.tail(daemon or 'slurmctld')}")
 
-    def node_state(self) -> str:
+    def node_states(self) -> list[str]:
         r = subprocess.run(
             ["sinfo", "-h", "-N", "-o", "%T"],
             env=self.env,
@@ -285,11 +359,12 @@ class SlurmCluster:
             text=True,
             timeout=20,
         )
-        return r.stdout.strip() if r.returncode == 0 else ""
+        return r.stdout.split() if r.returncode == 0 else []
 
     def _wait_idle(self) -> None:
-        self._wait(lambda: self.node_state() == "idle", "sinfo to show the node idle")
-        log("node idle")
+        idle = ["idle"] * self.nodes
+        self._wait(lambda: self.node_states() == idle, "sinfo to show every node idle")
+        log("every node idle")
 
     def tail(self, name: str, lines: int = 30) -> str:
         if self.root is None:
@@ -319,21 +394,72 @@ class SlurmCluster:
                 time.sleep(0.5)
         # slurmd first (it stops its steps), then the controller, then munge.
         order = {"slurmd": 0, "slurmctld": 1, "munged": 2}
-        for name, proc in sorted(running, key=lambda np: order.get(np[0], 3)):
-            proc.send_signal(signal.SIGTERM)
+        for name, proc in sorted(running, key=lambda np: order.get(np[0].split("-")[0], 3)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # a node's slurmd runs under its launcher
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 log(f"{name} ({proc.pid}) ignored SIGTERM: killed")
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         self.procs = []
+        if self.hosts is not None:
+            self.hosts.cleanup()  # kills what is left in the nodes' namespaces
+            self.hosts = None
         if self.root is not None:
             if self.keep:
                 log(f"kept {self.root}")
             else:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+
+def _on_host(host, argv: list[str], scratch: Path) -> list[str]:
+    """argv run on a namespace host as its daemon: in the host's network namespace, with its
+    hostname, and in a mount namespace of its own where ``/etc/netns/<ns>/hosts`` covers
+    ``/etc/hosts`` and a sysfs of the host's network namespace covers ``/sys`` (MPICH's UCX
+    finds its network devices there), with the machine's cgroup tree (slurmd reads it) put
+    back under it by way of ``scratch``, an empty folder."""
+    hosts_file = shlex.quote(f"/etc/netns/{host.netns}/hosts")
+    tmp = shlex.quote(str(scratch))
+    setup = " && ".join(
+        [
+            f"mount --bind {hosts_file} /etc/hosts",
+            f"mount --rbind /sys/fs/cgroup {tmp}",
+            "mount -t sysfs sysfs /sys",
+            f"mount --move {tmp} /sys/fs/cgroup",
+            f"hostname {shlex.quote(host.hostname)}",
+        ]
+    )
+    return [
+        "nsenter",
+        f"--net=/run/netns/{host.netns}",
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        f'{setup} && exec "$@"',
+        "sh",
+        *argv,
+    ]
+
+
+def _namespace_hosts(n: int, cpus: int):
+    """n namespace hosts for the nodes of a multi-node cluster (ClusterError if impossible)."""
+    from bls_dlrm.hosts import HostsError, NetnsHosts, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise ClusterError(f"{n} nodes need namespace hosts, and: {reason}")
+    try:
+        return NetnsHosts(n, ranks_per_host=cpus).up()
+    except HostsError as e:
+        raise ClusterError(f"could not make {n} namespace hosts: {e}") from e
 
 
 # -- the smoke workflow through profiles/slurm ------------------------------------------
@@ -393,19 +519,27 @@ def check_smoke(work: Path, slurmctld_log: str, slurmd_log: str) -> list[str]:
     claims = work / "results" / "claims.md"
     if not claims.is_file() or not claims.read_text().strip():
         problems.append("missing or empty results/claims.md")
+    return problems + check_launches(work, slurmctld_log, slurmd_log, serving=True)
+
+
+def check_launches(
+    work: Path, slurmctld_log: str, slurmd_log: str, serving: bool, spread: bool = False
+) -> list[str]:
+    """Problems with the launches: one Slurm job per launch folder, every rank inside its
+    job's allocation (and with ``spread``, on every node of it, no rank elsewhere)."""
+    problems = []
     runs = sorted((work / "results" / "runs").rglob("rank0*.jsonl"))
     if not runs:
         problems.append("no run logs under results/runs")
-
     launches = launch_jobs(work, ("run_2ranks", "serve"))
     n_run = len([k for k in launches if k.startswith("run_")])
     n_dirs = len({p.parent.parent for p in runs})
     if n_run != n_dirs:
         problems.append(f"{n_run} Slurm run jobs for {n_dirs} launch folders")
-    if not any(k.startswith("serve/") for k in launches):
+    if serving and not any(k.startswith("serve/") for k in launches):
         problems.append("no Slurm job of the serving launch")
     for key, ids in sorted(launches.items()):
-        problems += check_launch(work, key, ids[-1], slurmctld_log, slurmd_log)
+        problems += check_launch(work, key, ids[-1], slurmctld_log, slurmd_log, spread)
     return problems
 
 
@@ -413,17 +547,23 @@ def _stamp(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=None)
 
 
-def check_launch(work: Path, key: str, job: str, slurmctld_log: str, slurmd_log: str) -> list[str]:
+def check_launch(
+    work: Path, key: str, job: str, slurmctld_log: str, slurmd_log: str, spread: bool = False
+) -> list[str]:
     """Did every rank of this launch run while its Slurm job held the allocation?
 
-    Evidence without accounting: slurmctld's log gives the job's allocation and completion
-    instants, slurmd's log that the job's batch script ran on the node, the job's Slurm log
-    the launch folder its rule wrote, and every rank log's header the instant the rank
-    started (`started_utc`; the daemons log UTC here, see `TZ` in the daemons' env).
+    Evidence without accounting: slurmctld's log gives the job's allocation (instant and
+    nodes) and completion instant, slurmd's log that the job's batch script ran on a node,
+    the job's Slurm log the launch folder its rule wrote, and every rank log's header the
+    instant the rank started (`started_utc`; the daemons log UTC here, see `TZ` in the
+    daemons' env) and its host. With ``spread``, the ranks' hosts must be exactly the
+    allocation's nodes (a multi-node cluster, whose node names are the hosts' names).
     """
     slurm_log = next((work / ".snakemake" / "slurm_logs").rglob(f"{job}.log"))
     folder = re.search(r"--out '?(results/(?:runs|serving)/[^' ]+)", slurm_log.read_text())
-    alloc = re.search(rf"^\[(\S+)\] sched: Allocate JobId={job} ", slurmctld_log, re.M)
+    alloc = re.search(
+        rf"^\[(\S+)\] sched: Allocate JobId={job} NodeList=(\S+)", slurmctld_log, re.M
+    )
     done = re.search(rf"^\[(\S+)\] _job_complete: JobId={job} done", slurmctld_log, re.M)
     if folder is None or alloc is None or done is None:
         return [f"{key}: Slurm job {job}: no launch folder, allocation or completion logged"]
@@ -443,19 +583,70 @@ def check_launch(work: Path, key: str, job: str, slurmctld_log: str, slurmd_log:
     ]
     if outside:
         return [f"{key}: ranks started outside Slurm job {job} ({begin}..{end}): {outside}"]
+    nodes = expand_hostlist(alloc.group(2))
+    hosts = sorted({h["host"] for h in headers})
+    if spread and hosts != sorted(nodes):
+        return [f"{key}: Slurm job {job} holds nodes {nodes}, its ranks ran on {hosts}"]
     step = re.search(rf"launch task StepId={job}\.\d+ ", slurmd_log) is not None
     how = f"proxies in job step {job}.0" if step else "in the job's batch step"
-    log(f"{key}: {len(headers)} rank logs inside Slurm job {job} ({how})")
+    on = f" on {', '.join(hosts)}" if spread else ""
+    log(f"{key}: {len(headers)} rank logs inside Slurm job {job}{on} ({how})")
     return []
 
 
-def smoke(timeout: float, keep: bool = False) -> int:
-    python = Path(sys.executable)
-    snakemake = python.parent / "snakemake"
+def run_workflow(
+    cluster: SlurmCluster,
+    tmp: Path,
+    configfile: str,
+    targets: list[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> tuple[Path, float] | None:
+    """snakemake through the test profile in a copy of the tree: (work folder, wall
+    seconds), or None (printed why) when it failed."""
+    work = tmp / "repo"
+    copy_tree(work)
+    profile = make_test_profile(tmp / "profile", cluster.cpus)
+    snakemake = Path(sys.executable).parent / "snakemake"
+    # targets first: --configfile takes every word after it
+    argv = [str(snakemake), *targets, "--profile", str(profile), "--configfile", configfile]
+    log(f"in a copy of the tree at {work}: {' '.join(argv)}")
+    start = time.monotonic()
+    try:
+        code = subprocess.run(
+            argv,
+            cwd=work,
+            env=cluster.env | {"OMP_NUM_THREADS": "1"} | (env or {}),
+            timeout=timeout,
+        ).returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    wall = time.monotonic() - start
+    if code == 0:
+        return work, wall
+    log(f"snakemake {'timed out' if code is None else f'failed ({code})'}")
+    for name in ("slurmctld", *(f"slurmd-{n}" for n in cluster.node_names)):
+        print(f"--- {name} log (tail) ---\n{cluster.tail(name)}")
+    for path in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
+        print(f"--- {path.relative_to(work)} ---\n{path.read_text()[-3000:]}")
+    return None
+
+
+def _report(problems: list[str], what: str, wall: float) -> int:
+    for p in problems:
+        log(f"FAIL: {p}")
+    if problems:
+        return 1
+    log(f"OK: {what} in {wall:.0f} s wall time")
+    return 0
+
+
+def in_cluster(nodes: int, keep: bool, body) -> int:
+    """body(cluster, tmp) on a fresh cluster of ``nodes`` and a temporary folder."""
     tmp = Path(tempfile.mkdtemp(prefix="bls-smoke-"))
     try:
-        with SlurmCluster(keep=keep) as cluster:
-            return _smoke(cluster, tmp, snakemake, timeout)
+        with SlurmCluster(keep=keep, nodes=nodes) as cluster:
+            return body(cluster, tmp)
     finally:
         if keep:
             log(f"kept {tmp}")
@@ -463,45 +654,55 @@ def smoke(timeout: float, keep: bool = False) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _smoke(cluster: SlurmCluster, tmp: Path, snakemake: Path, timeout: float) -> int:
-    if True:
-        work = Path(tmp) / "repo"
-        copy_tree(work)
-        profile = make_test_profile(Path(tmp) / "profile", cluster.cpus)
-        argv = [
-            str(snakemake),
-            "--profile",
-            str(profile),
-            "--configfile",
-            "config/smoke.yaml",
-        ]
-        log(f"in a copy of the tree at {work}: {' '.join(argv)}")
-        env = cluster.env | {"OMP_NUM_THREADS": "1"}
-        start = time.monotonic()
-        try:
-            r = subprocess.run(argv, cwd=work, env=env, timeout=timeout)
-            code = r.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-        wall = time.monotonic() - start
-        if code != 0:
-            log(f"snakemake {'timed out' if code is None else f'failed ({code})'}")
-            for name in ("slurmctld", "slurmd"):
-                print(f"--- {name} log (tail) ---\n{cluster.tail(name)}")
-            for path in sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
-                print(f"--- {path.relative_to(work)} ---\n{path.read_text()[-3000:]}")
+def smoke(timeout: float, keep: bool = False) -> int:
+    """config/smoke.yaml end to end through profiles/slurm on a one-node cluster."""
+
+    def body(cluster: SlurmCluster, tmp: Path) -> int:
+        done = run_workflow(cluster, tmp, "config/smoke.yaml", [], timeout)
+        if done is None:
             return 1
+        work, wall = done
         problems = check_smoke(
+            work, cluster.logfile("slurmctld").read_text(errors="replace"), cluster.slurmd_logs()
+        )
+        return _report(problems, "smoke workflow through Slurm", wall)
+
+    return in_cluster(1, keep, body)
+
+
+MULTINODE_SCENARIO = "rotating-20ms"
+
+
+def multinode(timeout: float, keep: bool = False, nodes: int = 2) -> int:
+    """One launch of the smoke sweep (every series) through profiles/slurm on ``nodes``
+    namespace nodes of one CPU each: a launch of 2 ranks must span 2 nodes."""
+
+    def body(cluster: SlurmCluster, tmp: Path) -> int:
+        import yaml
+
+        config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+        config["scenarios"] = [s for s in config["scenarios"] if s["name"] == MULTINODE_SCENARIO]
+        # Every node sees the machine's cores: each would pin its rank to core 0.
+        config["run"]["binding"] = "none"
+        (tmp / "multinode.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # The ranks' UCX: TCP over the bridge (each node sees one machine, as in hosts.py).
+        ucx = {"UCX_TLS": "self,tcp", "UCX_NET_DEVICES": cluster.hosts.bridge}
+        done = run_workflow(
+            cluster, tmp, str(tmp / "multinode.yaml"), ["results/tables/runs.parquet"], timeout, ucx
+        )
+        if done is None:
+            return 1
+        work, wall = done
+        problems = check_launches(
             work,
             cluster.logfile("slurmctld").read_text(errors="replace"),
-            cluster.logfile("slurmd").read_text(errors="replace"),
+            cluster.slurmd_logs(),
+            serving=False,
+            spread=True,
         )
-        for p in problems:
-            log(f"FAIL: {p}")
-        if problems:
-            return 1
-        log(f"OK: smoke workflow through Slurm in {wall:.0f} s wall time")
-        return 0
+        return _report(problems, f"a launch over {nodes} Slurm nodes", wall)
+
+    return in_cluster(nodes, keep, body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,7 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("smoke", help="run config/smoke.yaml through profiles/slurm")
     s.add_argument("--timeout", type=float, default=300.0, help="seconds for snakemake")
     s.add_argument("--keep", action="store_true", help="keep the cluster and work folders")
+    m = sub.add_parser("multinode", help="one launch through profiles/slurm over 2 nodes")
+    m.add_argument("--timeout", type=float, default=300.0, help="seconds for snakemake")
+    m.add_argument("--keep", action="store_true", help="keep the cluster and work folders")
     r = sub.add_parser("run", help="run a command against a fresh cluster (SLURM_CONF set)")
+    r.add_argument("--nodes", type=int, default=1, help="nodes (more than one: namespaces)")
     r.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     # A terminated test still tears its cluster down (the context managers' exits).
@@ -518,10 +723,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "smoke":
             return smoke(args.timeout, args.keep)
+        if args.cmd == "multinode":
+            return multinode(args.timeout, args.keep)
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             ap.error("run: no command given")
-        with SlurmCluster() as cluster:
+        with SlurmCluster(nodes=args.nodes) as cluster:
             return subprocess.run(command, env=cluster.env).returncode
     except ClusterError as e:
         log(f"error: {e}")

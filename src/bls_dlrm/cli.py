@@ -11,6 +11,9 @@ Subcommands, in the order the workflow uses them:
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
 - ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
+- ``mpiexec``     this environment's ``mpiexec``; inside a Slurm job whose node layout a job
+  step removed (Snakemake's Slurm executor does), restored first from ``scontrol``, so
+  the ranks spread over the allocation's nodes (see :mod:`bls_dlrm.launch`)
 
 Errors in a multi-rank run: an exception on any rank (a timeout, a count mismatch, an error
 in the model code) is printed with the rank and ends the whole MPI job
@@ -227,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tables", help="run logs -> Parquet tables", add_help=False)
     p = sub.add_parser("serve-tables", help="serving reports -> Parquet tables", add_help=False)
+    p = sub.add_parser(
+        "mpiexec", help="this environment's mpiexec, Slurm node layout restored", add_help=False
+    )
     p.set_defaults(func=None)
 
     p = sub.add_parser("bench-a2a", help="alltoallv benchmark: gloo vs mpi vs bls")
@@ -267,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         from .serving import main_tables as serve_tables
 
         return serve_tables(argv[1:])
+    if argv[:1] == ["mpiexec"]:  # every argument is mpiexec's
+        from .launch import exec_mpiexec
+
+        try:
+            exec_mpiexec(argv[1:])
+        except (RuntimeError, FileNotFoundError) as exc:
+            print(f"bls-dlrm mpiexec: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

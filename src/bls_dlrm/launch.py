@@ -3,16 +3,25 @@
 The pip packages ``mpi4py`` and ``mpich`` put ``mpiexec`` next to the interpreter; a system
 ``mpiexec`` of another MPI would start ranks that cannot talk to each other, so we never
 look it up on PATH.
+
+Inside a Slurm job, MPICH's launcher (Hydra) spreads the ranks over the allocation's nodes
+when it sees the allocation's layout (``SLURM_JOB_NODELIST``, ``SLURM_TASKS_PER_NODE``) and
+starts them with ``srun``. A job step may have removed that layout from the environment
+(Snakemake's Slurm executor keeps only the job id for the rule it runs), and Hydra would
+then start every rank on the job's first node. :func:`slurm_layout_env` restores it from
+``scontrol show job``; ``bls-dlrm mpiexec ARGS`` (:func:`exec_mpiexec`) runs this
+environment's ``mpiexec`` with it, and is how the workflow launches its ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -116,3 +125,130 @@ def run_command(
     if check and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
     return result
+
+
+# -- inside a Slurm allocation -------------------------------------------------------------
+
+#: What a job step may remove and Hydra needs to place ranks on the allocation's nodes.
+SLURM_LAYOUT_VARS = (
+    "SLURM_JOB_NODELIST",
+    "SLURM_NODELIST",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NNODES",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_JOB_CPUS_PER_NODE",
+)
+
+
+def _compress(counts: Sequence[int]) -> str:
+    """Slurm's run-length form of per-node counts: [2, 2, 1] -> '2(x2),1'."""
+    parts: list[str] = []
+    i = 0
+    while i < len(counts):
+        j = i
+        while j < len(counts) and counts[j] == counts[i]:
+            j += 1
+        parts.append(str(counts[i]) if j - i == 1 else f"{counts[i]}(x{j - i})")
+        i = j
+    return ",".join(parts)
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """A Slurm host list ('n[1-3,7],m05') as host names, in order."""
+    hosts: list[str] = []
+    for prefix, ranges, suffix in re.findall(r"([^,\[\]]*)(?:\[([^\]]*)\])?([^,\[\]]*),?", text):
+        if not ranges:
+            if prefix + suffix:
+                hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            width = len(lo)
+            for k in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{k:0{width}d}{suffix}")
+    return hosts
+
+
+def _count_cpus(ids: str) -> int:
+    """CPUs in an id list as scontrol prints it: '0-3,6' -> 5."""
+    total = 0
+    for part in ids.split(","):
+        lo, _, hi = part.partition("-")
+        total += int(hi or lo) - int(lo) + 1
+    return total
+
+
+def parse_scontrol_job(text: str) -> dict[str, str]:
+    """The layout variables of one job from ``scontrol show job -d -o JOBID``.
+
+    Tasks per node follow Slurm's default block distribution: each node first gets one task,
+    then nodes are filled in order up to their allocated CPUs / CPUs per task (and
+    ``--ntasks-per-node`` when the job gave it).
+    """
+    fields = dict(re.findall(r"(?:^|\s)([\w/:]+)=(\S*)", text))
+    nodes = expand_hostlist(fields.get("NodeList", ""))
+    if not nodes or fields.get("NodeList") in ("(null)", "None assigned"):
+        raise ValueError(f"no node list in scontrol's job record: {text.strip()[:200]!r}")
+    cpus: dict[str, int] = {}
+    for group, ids in re.findall(r"(?:^|\s)Nodes=(\S+) CPU_IDs=(\S+)", text):
+        for node in expand_hostlist(group):
+            cpus[node] = _count_cpus(ids)
+    per_task = int(fields.get("CPUs/Task", "1") or 1)
+    tasks = int(fields.get("NumTasks", len(nodes)))
+    ntpn = fields.get("NtasksPerN:B:S:C", "0").split(":")[0]
+    per_node_cap = int(ntpn) if ntpn.isdigit() and int(ntpn) > 0 else None
+    caps = []
+    for node in nodes:
+        cap = max(1, cpus.get(node, per_task) // per_task)
+        caps.append(cap if per_node_cap is None else min(cap, per_node_cap))
+    layout = [1 if tasks >= len(nodes) else 0 for _ in nodes]
+    left = tasks - sum(layout)
+    for i, cap in enumerate(caps):
+        add = max(0, min(left, cap - layout[i]))
+        layout[i] += add
+        left -= add
+    if left > 0:  # more tasks than the CPUs seen: spread the rest as Slurm would cycle
+        for i in range(left):
+            layout[i % len(nodes)] += 1
+    nodelist = fields["NodeList"]
+    return {
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_NODELIST": nodelist,
+        "SLURM_JOB_NUM_NODES": str(len(nodes)),
+        "SLURM_NNODES": str(len(nodes)),
+        "SLURM_TASKS_PER_NODE": _compress(layout),
+        "SLURM_JOB_CPUS_PER_NODE": _compress([cpus.get(n, per_task) for n in nodes]),
+    }
+
+
+def slurm_layout_env(
+    environ: Mapping[str, str] | None = None, scontrol: str = "scontrol"
+) -> dict[str, str]:
+    """The allocation's layout variables to add to ``environ``; empty when there is nothing
+    to restore (not in a Slurm job, or the layout is still there).
+
+    Raises RuntimeError when the job's record cannot be read: launching anyway would put
+    every rank on one node and measure something other than what was asked.
+    """
+    environ = os.environ if environ is None else environ
+    job = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    if not job or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST"):
+        return {}
+    cmd = [scontrol, "show", "job", "-d", "-o", job]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"in Slurm job {job}, cannot read its node list: {exc}") from exc
+    if r.returncode != 0:
+        raise RuntimeError(
+            f"in Slurm job {job}, '{' '.join(cmd)}' failed ({r.returncode}): {r.stderr.strip()}"
+        )
+    return parse_scontrol_job(r.stdout)
+
+
+def exec_mpiexec(args: Sequence[str]) -> None:
+    """Replace this process by this environment's ``mpiexec args...``, with the Slurm
+    allocation's layout restored (:func:`slurm_layout_env`) when a job step removed it."""
+    mpiexec = str(mpiexec_path())
+    env = dict(os.environ) | slurm_layout_env()
+    os.execve(mpiexec, [mpiexec, *args], env)

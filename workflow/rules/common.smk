@@ -38,6 +38,10 @@ YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
 BLS_DLRM = str(BIN / "bls-dlrm")
+# Launches start their ranks with `bls-dlrm mpiexec ...`: the mpiexec above, with a Slurm
+# allocation's node layout restored when the executor's job step removed it (otherwise
+# MPICH would start every rank on the job's first node). The `mpi` resource names the
+# launcher, which tells the Slurm executor to run the rule as is, not under srun.
 # Documents the software of every shell rule for `--sdm conda`; by default the rules run
 # the tools above, next to sys.executable.
 CONDA_ENV = "../../environment.yml"

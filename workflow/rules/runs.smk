@@ -5,11 +5,12 @@
 #
 # A job writes its resolved config to run.yaml in the launch folder (params function
 # run_config_yaml: any change of the scenario, model or run settings changes the params and
-# so reruns the launch), then `mpiexec [-bind-to core] -n P bls-dlrm infer --config
-# run.yaml` writes one log per rank and series. The logs are the outputs: each is renamed
-# into place only when its series finishes on its rank, so an interrupted launch leaves
-# rank*.jsonl.partial files and the next snakemake call redoes exactly the unfinished
-# launches.
+# so reruns the launch), then `bls-dlrm mpiexec [-bind-to core] -n P bls-dlrm infer
+# --config run.yaml` writes one log per rank and series (`bls-dlrm mpiexec` is the venv's
+# mpiexec; in a Slurm job it first restores the allocation's node layout, see common.smk).
+# The logs are the outputs: each is renamed into place only when its series finishes on its
+# rank, so an interrupted launch leaves rank*.jsonl.partial files and the next snakemake
+# call redoes exactly the unfinished launches.
 #
 # Outputs must follow from the wildcards, and a launch of P ranks has P logs per series, so
 # there is one run rule per rank count of the config: run_2ranks, run_4ranks, ...
@@ -39,7 +40,6 @@ for _ranks in RANK_COUNTS:
             mpi=MPIEXEC,
             runtime=run_runtime,
         params:
-            mpiexec=MPIEXEC,
             bls_dlrm=BLS_DLRM,
             run_dir=run_dir,
             config=run_config_yaml,
@@ -50,6 +50,7 @@ for _ranks in RANK_COUNTS:
         shell:
             "mkdir -p {params.run_dir:q}"
             " && printf '%s\\n' {params.config:q} > {params.run_dir:q}/run.yaml"
-            " && OMP_NUM_THREADS={params.omp_threads} {params.mpiexec:q} {params.bind} -n {wildcards.ranks}"
+            " && OMP_NUM_THREADS={params.omp_threads} {params.bls_dlrm:q} mpiexec {params.bind}"
+            " -n {wildcards.ranks}"
             " {params.bls_dlrm:q} infer --config {params.run_dir:q}/run.yaml"
             " --out {params.run_dir:q} --no-progress > {log:q} 2>&1"

@@ -32,7 +32,6 @@ if SERVING:
             mpi=MPIEXEC,
             runtime=serve_runtime,
         params:
-            mpiexec=MPIEXEC,
             bls_dlrm=BLS_DLRM,
             out=lambda wildcards, output: str(Path(output[0]).parent),
             config=serve_config_yaml,
@@ -44,7 +43,8 @@ if SERVING:
         shell:
             "mkdir -p {params.out:q}"
             " && printf '%s\\n' {params.config:q} > {params.out:q}/run.yaml"
-            " && OMP_NUM_THREADS={params.omp_threads} {params.mpiexec:q} {params.bind} -n {params.ranks}"
+            " && OMP_NUM_THREADS={params.omp_threads} {params.bls_dlrm:q} mpiexec {params.bind}"
+            " -n {params.ranks}"
             " {params.bls_dlrm:q} serve --config {params.out:q}/run.yaml --out {params.out:q}"
             " > {log:q} 2>&1"
 
