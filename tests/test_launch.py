@@ -97,7 +97,8 @@ def fake_scontrol(tmp_path):
         "#!/bin/sh\n"
         f'echo "$*" >> {tmp_path}/calls\n'
         'if [ "$5" = 7 ]; then cat <<"EOF"\n'
-        f"{record}EOF\nelse echo \"slurm_load_jobs error: Invalid job id specified\" >&2; exit 1; fi\n"
+        f"{record}EOF\n"
+        'else echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; fi\n'
     )
     script.chmod(0o755)
     return script
