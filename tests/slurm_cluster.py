@@ -594,6 +594,24 @@ def check_launch(
     return []
 
 
+def check_bit_identical(iterations: Path) -> list[str]:
+    """Every series of the launch computed the same predictions on every rank and iteration
+    (the checksums of the iterations table), whatever its collective and lag bound."""
+    import pandas as pd
+
+    label = "config.series_label"
+    df = pd.read_parquet(iterations, columns=[label, "rank", "iteration", "checksum"])
+    series = sorted(df[label].unique())
+    per_step = df.groupby(["rank", "iteration"])["checksum"].agg(["nunique", "size"])
+    differ = per_step[per_step["nunique"] > 1]
+    if len(series) < 2 or (per_step["size"] != len(series)).any():
+        return [f"{iterations.name}: expected every series on every step, got {series}"]
+    if len(differ):
+        return [f"predictions differ between series at {len(differ)} (rank, iteration) steps"]
+    log(f"predictions bit-identical over {len(series)} series, {len(per_step)} steps")
+    return []
+
+
 def run_workflow(
     cluster: SlurmCluster,
     tmp: Path,
@@ -700,6 +718,7 @@ def multinode(timeout: float, keep: bool = False, nodes: int = 2) -> int:
             serving=False,
             spread=True,
         )
+        problems += check_bit_identical(work / "results" / "tables" / "iterations.parquet")
         return _report(problems, f"a launch over {nodes} Slurm nodes", wall)
 
     return in_cluster(nodes, keep, body)

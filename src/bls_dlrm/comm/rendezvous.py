@@ -53,12 +53,29 @@ def _mpi_store(timeout: timedelta):
         address = None
     host, port = comm.bcast(address, root=0)
     if store is None:
-        try:
-            store = dist.TCPStore(host, port, size, False, timeout=timeout)
-        except (RuntimeError, OSError):
-            # A host name that does not resolve back to the store: single-node fallback.
-            store = dist.TCPStore("127.0.0.1", port, size, False, timeout=timeout)
+        store = connect_store(host, port, size, timeout, rank)
     return store, rank, size
+
+
+def connect_store(host: str, port: int, size: int, timeout: timedelta, rank: int):
+    """A client of rank 0's TCPStore at ``host:port``.
+
+    When rank 0's host name does not take us to the store, a rank on the same host (the
+    same host name) falls back to the loopback address. A rank on another host has no
+    address to fall back to: the error says so and what to set, instead of a rank waiting
+    for a store that is not there.
+    """
+    try:
+        return dist.TCPStore(host, port, size, False, timeout=timeout)
+    except (RuntimeError, OSError) as exc:
+        if socket.gethostname() != host:
+            raise RuntimeError(
+                f"rank {rank} on host {socket.gethostname()!r} cannot reach rank 0's "
+                f"rendezvous store at {host}:{port} ({exc}); rank 0's host name must resolve "
+                "to an address every node can reach, or set MASTER_ADDR (an address of rank "
+                "0's host) and MASTER_PORT (a free port there)"
+            ) from exc
+        return dist.TCPStore("127.0.0.1", port, size, False, timeout=timeout)
 
 
 def _env_or_mpi_handler(url: str, timeout: timedelta = timedelta(minutes=30), **kwargs):
