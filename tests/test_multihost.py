@@ -398,3 +398,39 @@ def test_a_stuck_rank_on_the_other_host_ends_every_rank_of_infer(netns_hosts, da
     for h in hosts.hosts:
         pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True)
         assert pids.stdout.split() == [], (h.netns, pids.stdout)
+
+
+def test_bench_hosts_runs_each_launch_on_one_host_and_on_two(netns_hosts, tmp_path):
+    """`bls-dlrm bench-hosts`: every launch on both placements, the ranks where they should
+    be, the same predictions on both, and a summary row per workload and series."""
+    import pandas as pd
+
+    netns_hosts(1)  # skips with the reason where namespaces cannot be made
+    out = tmp_path / "bench"
+    cmd = [
+        BLS_DLRM, "bench-hosts", "--out", str(out), "--model", "tiny", "--max-rows", "2000",
+        "--batch-size", "64", "--batches", "2", "--warmup", "1", "--iterations", "12",
+        "--repetitions", "1", "--scenarios", "rotating-2.5x", "--series", "gloo,bls:0,bls:4",
+        "--work-s", "0.002",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(zip(summary["scenario"], summary["series"], strict=True)) == [
+        (s, series)
+        for s in ("balanced", "rotating-2.5x")
+        for series in ("bls L=0", "bls L=4", "gloo")
+    ]
+    assert (summary[["1host", "2hosts"]] > 0).all().all()
+    assert np.allclose(summary["ratio"], summary["2hosts"] / summary["1host"])
+    bls4 = summary[summary["series"] == "bls L=4"]
+    assert bls4[["predicted_speedup 1host", "predicted_speedup 2hosts"]].notna().all().all()
+
+    checks = {}
+    for placement, hosts_per_run in (("1host", 1), ("2hosts", 2)):
+        runs = pd.read_parquet(out / "tables" / placement / "runs.parquet")
+        assert (runs["hosts"] == hosts_per_run).all(), runs["hosts"]
+        its = pd.read_parquet(out / "tables" / placement / "iterations.parquet")
+        its = its.assign(run=its["run_id"])
+        checks[placement] = its.set_index(["run", "rank", "iteration"])["checksum"].sort_index()
+    assert checks["1host"].equals(checks["2hosts"])

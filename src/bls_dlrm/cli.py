@@ -10,6 +10,7 @@ Subcommands, in the order the workflow uses them:
 - ``serve-tables`` serving reports (serve.json) -> serving and capacity tables
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
+- ``bench-hosts`` the same DLRM launches on one host and on namespace hosts (root)
 - ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
 - ``mpiexec``     this environment's ``mpiexec``; inside a Slurm job whose node layout a job
   step removed (Snakemake's Slurm executor does), restored first from ``scontrol``, so
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_a2a.build_parser(p)
     p.set_defaults(func=bench_a2a.run)
+
+    p = sub.add_parser("bench-hosts", help="DLRM launches on one host vs namespace hosts")
+    from . import bench_hosts
+
+    bench_hosts.build_parser(p)
+    p.set_defaults(func=bench_hosts.run)
 
     p = sub.add_parser("bench-model", help="single-process inference throughput")
     p.add_argument("--model", default="kaggle")
