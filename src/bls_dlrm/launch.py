@@ -16,6 +16,7 @@ environment's ``mpiexec`` with it, and is how the workflow launches its ranks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -142,14 +143,10 @@ SLURM_LAYOUT_VARS = (
 
 def _compress(counts: Sequence[int]) -> str:
     """Slurm's run-length form of per-node counts: [2, 2, 1] -> '2(x2),1'."""
-    parts: list[str] = []
-    i = 0
-    while i < len(counts):
-        j = i
-        while j < len(counts) and counts[j] == counts[i]:
-            j += 1
-        parts.append(str(counts[i]) if j - i == 1 else f"{counts[i]}(x{j - i})")
-        i = j
+    parts = []
+    for value, run in itertools.groupby(counts):
+        k = len(list(run))
+        parts.append(str(value) if k == 1 else f"{value}(x{k})")
     return ",".join(parts)
 
 
@@ -193,8 +190,8 @@ def parse_scontrol_job(text: str) -> dict[str, str]:
     for group, ids in re.findall(r"(?:^|\s)Nodes=(\S+) CPU_IDs=(\S+)", text):
         for node in expand_hostlist(group):
             cpus[node] = _count_cpus(ids)
-    per_task = int(fields.get("CPUs/Task", "1") or 1)
-    tasks = int(fields.get("NumTasks", len(nodes)))
+    per_task = int(fields["CPUs/Task"]) if fields.get("CPUs/Task", "").isdigit() else 1
+    tasks = int(fields["NumTasks"]) if fields.get("NumTasks", "").isdigit() else len(nodes)
     ntpn = fields.get("NtasksPerN:B:S:C", "0").split(":")[0]
     per_node_cap = int(ntpn) if ntpn.isdigit() and int(ntpn) > 0 else None
     caps = []
@@ -210,15 +207,10 @@ def parse_scontrol_job(text: str) -> dict[str, str]:
     if left > 0:  # more tasks than the CPUs seen: spread the rest as Slurm would cycle
         for i in range(left):
             layout[i % len(nodes)] += 1
-    nodelist = fields["NodeList"]
-    return {
-        "SLURM_JOB_NODELIST": nodelist,
-        "SLURM_NODELIST": nodelist,
-        "SLURM_JOB_NUM_NODES": str(len(nodes)),
-        "SLURM_NNODES": str(len(nodes)),
-        "SLURM_TASKS_PER_NODE": _compress(layout),
-        "SLURM_JOB_CPUS_PER_NODE": _compress([cpus.get(n, per_task) for n in nodes]),
-    }
+    nodelist, count = fields["NodeList"], str(len(nodes))
+    per_node_cpus = _compress([cpus.get(n, per_task) for n in nodes])
+    values = (nodelist, nodelist, count, count, _compress(layout), per_node_cpus)
+    return dict(zip(SLURM_LAYOUT_VARS, values, strict=True))
 
 
 def slurm_layout_env(
