@@ -20,12 +20,10 @@ reason; a subnet already in use here fails it.
 from __future__ import annotations
 
 import functools
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ABORT_ON_ERROR, MPI_TIMEOUT
+from conftest import MPI_TIMEOUT, run_or_fail, write_script
 
 from bls_dlrm.hosts import HostsError, NetnsHosts, unavailable_reason
 
@@ -47,24 +45,16 @@ class TestHosts(NetnsHosts):
 
     def script(self, code: str, *args: str, timeout: float = MPI_TIMEOUT, env=None, **kw):
         self.count += 1
-        path = self.tmp_path / f"multihost_script_{self.count}.py"
-        path.write_text(ABORT_ON_ERROR + textwrap.dedent(code))
+        path = write_script(self.tmp_path / f"multihost_script_{self.count}.py", code)
         return self.argv(["python", str(path), *args], timeout=timeout, env=env, **kw)
 
     def argv(self, argv, *, timeout: float = MPI_TIMEOUT, env=None, expect_ok=True, nprocs=None):
-        try:
-            result = self.run(argv, timeout=timeout, env=env, cwd=self.tmp_path, nprocs=nprocs)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(
-                f"ranks on {self.n} hosts did not finish within {timeout}s\n"
-                f"--- stdout ---\n{exc.output}\n--- stderr ---\n{exc.stderr}"
-            )
-        if expect_ok and result.returncode != 0:
-            pytest.fail(
-                f"ranks on {self.n} hosts exited with {result.returncode}\n"
-                f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-            )
-        return result
+        return run_or_fail(
+            lambda: self.run(argv, timeout=timeout, env=env, cwd=self.tmp_path, nprocs=nprocs),
+            f"ranks on {self.n} hosts",
+            timeout,
+            expect_ok,
+        )
 
 
 @pytest.fixture

@@ -11,18 +11,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BLS_DLRM, infer_argv
 
 from bls_dlrm.data import generate_synthetic
 from bls_dlrm.launch import mpiexec_command, run_mpi, usable_cores
-
-BLS_DLRM = str(Path(sys.executable).parent / "bls-dlrm")
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +42,34 @@ def _run(nprocs: int, argv: list[str], cwd: Path, timeout: float = 60.0, **kw):
     return result, time.monotonic() - t0
 
 
-@pytest.mark.mpi
-def test_stuck_peer_ends_every_rank_of_infer(dataset, tmp_path):
-    """Rank 1 sleeps 1000 s at iteration 5; the others time out after 5 s and abort the job."""
-    warmup, iterations, timeout_s = 1, 10, 5.0
+#: A 3-rank infer run where rank 1 sleeps 1000 s at iteration 5 (1 warm-up, 10 measured).
+STUCK_TIMEOUT_S = 5.0
+
+
+def stuck_rank_1_settings(tmp_path: Path) -> tuple[str, ...]:
+    """`bls-dlrm infer` settings: bls L=2, exchanges time out after STUCK_TIMEOUT_S, and a
+    delay trace that keeps rank 1 (of 3) asleep for 1000 s at iteration 5."""
+    warmup, iterations = 1, 10
     trace = np.zeros((3, warmup + iterations))
     trace[1, 5] = 1000.0
     np.save(tmp_path / "trace.npy", trace)
-    run_dir = tmp_path / "run"
-    argv = [BLS_DLRM, "infer", "--out", str(run_dir)]
-    for kv in (
-        f"dataset={dataset}",
+    return (
         "collective=bls",
         "lag_bound=2",
-        f"timeout_s={timeout_s}",
+        f"timeout_s={STUCK_TIMEOUT_S}",
         "delay.kind=trace",
         f"delay.path={tmp_path / 'trace.npy'}",
         f"warmup={warmup}",
         f"iterations={iterations}",
-    ):
-        argv += ["--set", kv]
+    )
+
+
+@pytest.mark.mpi
+def test_stuck_peer_ends_every_rank_of_infer(dataset, tmp_path):
+    """Rank 1 sleeps 1000 s at iteration 5; the others time out after 5 s and abort the job."""
+    timeout_s = STUCK_TIMEOUT_S
+    run_dir = tmp_path / "run"
+    argv = infer_argv(run_dir, f"dataset={dataset}", *stuck_rank_1_settings(tmp_path))
     result, elapsed = _run(3, argv, tmp_path)
     err = result.stderr
     assert result.returncode != 0, err

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BLS_DLRM, infer_argv
 
 from bls_dlrm import clocks, tables
 from bls_dlrm.records import (
@@ -43,7 +43,6 @@ from bls_dlrm.records import (
 
 RUNS = Path(__file__).parent / "data" / "runs"
 BLS = RUNS / "bls-4r-rotating-L2"  # 4 ranks, BLS L = 2, rotating delays
-EXE = str(Path(sys.executable).parent / "bls-dlrm")
 OFFSET = 1000.0
 TIMES = (*tables.TIME_COLUMNS, "t_close")
 # the stored run's first and last times: where its clock syncs would have been taken
@@ -410,20 +409,9 @@ def test_old_logs_spanning_hosts_stay_unaligned_and_say_so(tmp_path):
 # -- two namespace hosts, host 2's clock 1000 s ahead -----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from bls_dlrm.data import generate_synthetic
-
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    generate_synthetic(
-        out, "tiny", num_batches=4, batch_size=48, seed=5, index_dist="zipf", pooling_k=4
-    )
-    return out
-
-
 def _infer_argv(out: Path, dataset: Path) -> list[str]:
-    argv = [EXE, "infer", "--out", str(out)]
-    for kv in (
+    return infer_argv(
+        out,
         f"dataset={dataset}",
         "model.name=tiny",
         "series=['bls:0', 'bls:2']",
@@ -433,9 +421,7 @@ def _infer_argv(out: Path, dataset: Path) -> list[str]:
         "iterations=20",
         "binding=none",
         "timeout_s=60",
-    ):
-        argv += ["--set", kv]
-    return argv
+    )
 
 
 def _check_one_timeline(run, t: tables.Tables) -> None:
@@ -456,12 +442,14 @@ def _check_one_timeline(run, t: tables.Tables) -> None:
     assert t.per_iteration["start_spread_s"].max() < 5.0
 
 
-def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(netns_hosts, mpirun, dataset, tmp_path):
+def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(
+    netns_hosts, mpirun, tiny_zipf_dataset, tmp_path
+):
     one = tmp_path / "one"
-    mpirun.argv(2, _infer_argv(one, dataset), timeout=180)
+    mpirun.argv(2, _infer_argv(one, tiny_zipf_dataset), timeout=180)
     hosts = netns_hosts(2, ranks_per_host=1, monotonic_offsets=[0, int(OFFSET)])
     two = tmp_path / "two"
-    hosts.argv(_infer_argv(two, dataset), timeout=180)
+    hosts.argv(_infer_argv(two, tiny_zipf_dataset), timeout=180)
     report = []
     for label in ("bls-L0", "bls-L2"):
         run_one, run_two = read_run(one / label), read_run(two / label)
@@ -493,7 +481,7 @@ def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(netns_hosts, mpirun,
     assert not math.isnan(t_two.runs["clock_error_s"].iloc[0])
 
 
-def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, dataset, tmp_path):
+def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, tiny_zipf_dataset, tmp_path):
     """Open loop on the two hosts: query latencies never cross clocks (each rank counts from
     its own start instant), and the tables' aligned batch closes agree across hosts."""
     import yaml
@@ -511,7 +499,7 @@ def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, dataset, tmp_p
         "max_wait_s": 0.004,
     }
     data = {
-        "dataset": str(dataset),
+        "dataset": str(tiny_zipf_dataset),
         "model": {"name": "tiny"},
         "series": ["gloo", "bls:2"],
         "binding": "none",
@@ -521,7 +509,7 @@ def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, dataset, tmp_p
     config.write_text(yaml.safe_dump(data))
     hosts = netns_hosts(2, ranks_per_host=1, monotonic_offsets=[0, int(OFFSET)])
     out = tmp_path / "out"
-    hosts.argv([EXE, "serve", "--config", str(config), "--out", str(out)], timeout=240)
+    hosts.argv([BLS_DLRM, "serve", "--config", str(config), "--out", str(out)], timeout=240)
     # the calibration's closed-loop capacity spans both hosts' clocks: its makespan is
     # seconds at most, not 1000 s (which would put it 5 orders below the work's bound; the
     # tiny model's exchange over TCP keeps it about 10x below here)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import judged_workloads
 
 from bls_dlrm.data.criteo import (
     SourceUnavailableError,
@@ -106,12 +107,7 @@ def test_criteo_config_is_the_kaggle_sweep_and_asks_for_the_checksum(tmp_path):
     assert model["criteo"]["sha256"] is None
     # Delay and placement workloads of the protocol, none with synthetic data skew.
     protocol = yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())
-    judged = {
-        w
-        for item in protocol["claims"] + protocol.get("checks", [])
-        if isinstance(item.get("workloads"), list)
-        for w in item["workloads"]
-    }
+    judged = judged_workloads(protocol)
     names = {s["name"] for s in cfg["scenarios"]}
     assert {"balanced", "rotating-2.5x", "unbalanced"} <= names <= judged
     assert not any("data" in s for s in cfg["scenarios"])

@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import BLS_DLRM
 
 from bls_dlrm.launch import expand_hostlist, parse_scontrol_job, slurm_layout_env
-
-BLS_DLRM = str(Path(sys.executable).parent / "bls-dlrm")
 
 
 def scontrol_record(nodelist: str, details: str, tasks: int, ntpn: str = "0", cpt: int = 1):

@@ -20,18 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BLS_DLRM, infer_argv
+from test_abort import STUCK_TIMEOUT_S, stuck_rank_1_settings
 from test_engine import API, KILLED, TIMEOUT
 from test_torch_backend import ALL_TO_ALL, PROGRESS
 
 from bls_dlrm import hosts as hosts_mod
-from bls_dlrm.data import generate_synthetic
 from bls_dlrm.hosts import HostsError, NetnsHosts, choose_subnet, unavailable_reason
 from bls_dlrm.launch import run_mpi
 from bls_dlrm.records import read_run
 
 pytestmark = pytest.mark.mpi
-
-BLS_DLRM = str(Path(sys.executable).parent / "bls-dlrm")
 
 # Appended to a rank script: every rank says where it ran.
 WHERE = """
@@ -293,20 +292,12 @@ def test_torch_backend_on_two_hosts_two_ranks_each(netns_hosts):
 # -- DLRM inference ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    generate_synthetic(
-        out, "tiny", num_batches=4, batch_size=48, seed=5, index_dist="zipf", pooling_k=4
-    )
-    return out
-
-
-def _infer_argv(out: Path, dataset: Path, *settings: str) -> list[str]:
-    argv = [BLS_DLRM, "infer", "--out", str(out)]
-    for kv in (f"dataset={dataset}", *settings):
-        argv += ["--set", kv]
-    return argv
+def _assert_no_process_left(hosts) -> None:
+    """No rank (or anything else) is left behind on any host, shortly after the run."""
+    time.sleep(0.5)
+    for h in hosts.hosts:
+        pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True)
+        assert pids.stdout.split() == [], (h.netns, pids.stdout)
 
 
 def _checksums(run_dir: Path) -> dict[str, list[list[str]]]:
@@ -323,8 +314,9 @@ def _run_hosts(run_dir: Path) -> set[str]:
     return {rank.header.host for d in dirs for rank in read_run(d).ranks}
 
 
-def test_infer_on_two_hosts_is_bit_identical_to_one_host(netns_hosts, dataset, tmp_path):
+def test_infer_on_two_hosts_is_bit_identical_to_one_host(netns_hosts, tiny_zipf_dataset, tmp_path):
     settings = (
+        f"dataset={tiny_zipf_dataset}",
         "series=[gloo, 'bls:0', 'bls:2']",
         "plan=unbalanced",
         "delay.kind=rotating",
@@ -334,10 +326,10 @@ def test_infer_on_two_hosts_is_bit_identical_to_one_host(netns_hosts, dataset, t
         "timeout_s=60",
     )
     one, two = tmp_path / "one", tmp_path / "two"
-    local = run_mpi(4, _infer_argv(one, dataset, *settings), timeout=180, check=False)
+    local = run_mpi(4, infer_argv(one, *settings), timeout=180, check=False)
     assert local.returncode == 0, local.stderr
     hosts = netns_hosts(2, ranks_per_host=2)
-    hosts.argv(_infer_argv(two, dataset, *settings), timeout=180)
+    hosts.argv(infer_argv(two, *settings), timeout=180)
     sums_one, sums_two = _checksums(one), _checksums(two)
     assert len(sums_one) == 3 and all(len(ranks) == 4 for ranks in sums_one.values())
     assert sums_two == sums_one  # every rank, every iteration, every series: bit for bit
@@ -359,30 +351,17 @@ def test_a_killed_rank_on_the_other_host_ends_the_run(netns_hosts, tmp_path):
     assert "rank 1 kills itself" in result.stdout
     assert "SURVIVED" not in result.stdout
     print(f"killed run ended after {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    time.sleep(0.5)
-    for h in hosts.hosts:  # no rank is left behind on either host
-        pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True)
-        assert pids.stdout.split() == [], (h.netns, pids.stdout)
+    _assert_no_process_left(hosts)
 
 
-def test_a_stuck_rank_on_the_other_host_ends_every_rank_of_infer(netns_hosts, dataset, tmp_path):
+def test_a_stuck_rank_on_the_other_host_ends_every_rank_of_infer(
+    netns_hosts, tiny_zipf_dataset, tmp_path
+):
     """Rank 1 (host 2) sleeps 1000 s at iteration 5; the others time out after 5 s and abort."""
-    warmup, iterations, timeout_s = 1, 10, 5.0
-    trace = np.zeros((3, warmup + iterations))
-    trace[1, 5] = 1000.0
-    np.save(tmp_path / "trace.npy", trace)
+    timeout_s = STUCK_TIMEOUT_S
     run_dir = tmp_path / "run"
-    argv = _infer_argv(
-        run_dir,
-        dataset,
-        "collective=bls",
-        "lag_bound=2",
-        f"timeout_s={timeout_s}",
-        "delay.kind=trace",
-        f"delay.path={tmp_path / 'trace.npy'}",
-        f"warmup={warmup}",
-        f"iterations={iterations}",
-    )
+    settings = stuck_rank_1_settings(tmp_path)
+    argv = infer_argv(run_dir, f"dataset={tiny_zipf_dataset}", *settings)
     hosts = netns_hosts(2, ranks_per_host=[1, 2])
     t0 = time.monotonic()
     result = hosts.argv(argv, timeout=60, expect_ok=False)
@@ -394,10 +373,7 @@ def test_a_stuck_rank_on_the_other_host_ends_every_rank_of_infer(netns_hosts, da
     assert re.search(r"peer\(s\) \[1\]|peer 1\b", err), err
     logs = sorted(p.name for p in run_dir.iterdir())
     assert logs and all(name.endswith(".jsonl.partial") for name in logs), logs
-    time.sleep(0.5)
-    for h in hosts.hosts:
-        pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True)
-        assert pids.stdout.split() == [], (h.netns, pids.stdout)
+    _assert_no_process_left(hosts)
 
 
 def test_bench_hosts_runs_each_launch_on_one_host_and_on_two(netns_hosts, tmp_path):

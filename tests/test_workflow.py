@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import judged_workloads
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -210,12 +211,7 @@ def test_default_config_is_the_2_core_sweep():
     # Every workload the protocol judges is in the sweep, and only the stress scenario is
     # oversubscribed.
     protocol = yaml.safe_load((ROOT / "config" / "protocol.yaml").read_text())
-    judged = {
-        w
-        for item in protocol["claims"] + protocol.get("checks", [])
-        if isinstance(item.get("workloads"), list)
-        for w in item["workloads"]
-    }
+    judged = judged_workloads(protocol)
     names = {s["name"] for s in cfg["scenarios"]}
     assert judged <= names, judged - names
     unbound = {s["name"] for s in cfg["scenarios"] if s.get("binding") == "none"}
