@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bls_dlrm.delays import KINDS, MODES, DelaySpec, cpu_work, inject, sleep_for
+from bls_dlrm.delays import KINDS, MODES, DelaySpec, cpu_work, inject, resolve_factor, sleep_for
 
 
 def spec_of(kind: str, tmp_path=None, **kwargs) -> DelaySpec:
@@ -260,3 +260,14 @@ def test_cpu_work_and_sleep_run_at_least_the_request():
         begin = time.monotonic()
         assert fn(0.02) >= 0.02
         assert time.monotonic() - begin >= 0.02
+
+
+def test_resolve_factor_turns_a_multiple_of_the_work_into_seconds():
+    """Config delays given as `factor` x work_s become `size_s` (to the ns), seeded."""
+    rotating = {"kind": "rotating", "factor": 2.5}
+    assert resolve_factor(rotating, 0.004, 3) == {"kind": "rotating", "size_s": 0.01, "seed": 3}
+    random = {"kind": "random", "p": 0.25, "distribution": "exponential", "size_s": 0.002}
+    assert resolve_factor(random, 0.004, 0) == random | {"seed": 0}  # seconds stay as given
+    assert resolve_factor({"kind": "none"}, 0.004, 1) == {"kind": "none", "seed": 1}
+    assert rotating == {"kind": "rotating", "factor": 2.5}  # the config is not changed
+    DelaySpec.from_dict(resolve_factor(rotating, 0.004, 3))  # a valid schedule

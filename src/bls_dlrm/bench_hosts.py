@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .delays import resolve_factor
+
 #: Delay schedules as in config/config.yaml (sizes are multiples of the work per iteration).
 SCENARIOS: dict[str, dict] = {
     "balanced": {"kind": "none"},
@@ -77,13 +79,6 @@ def _scenarios(text: str) -> list[str]:
     return ["balanced", *[s for s in names if s != "balanced"]]
 
 
-def _delay(spec: dict, work_s: float, seed: int) -> dict:
-    if spec["kind"] == "none":
-        return {"kind": "none"}
-    out = {k: v for k, v in spec.items() if k != "factor"}
-    return out | {"size_s": spec["factor"] * work_s, "seed": seed}
-
-
 def run_config(args, dataset: Path, scenario: str, rep: int) -> dict:
     """The ``bls-dlrm infer`` config of one launch (every series)."""
     return {
@@ -92,7 +87,7 @@ def run_config(args, dataset: Path, scenario: str, rep: int) -> dict:
         "plan": "contiguous",
         "series": [s.strip() for s in args.series.split(",")],
         "shuffle_seed": args.seed,
-        "delay": _delay(SCENARIOS[scenario], args.work_s, args.seed),
+        "delay": resolve_factor(SCENARIOS[scenario], args.work_s, args.seed),
         "warmup": args.warmup,
         "iterations": args.iterations,
         "threads": 1,
@@ -180,7 +175,6 @@ def summarize(out: Path, placements: list[str]) -> pd.DataFrame:
         tables = collect(out / "runs" / placement, out / "tables" / placement, progress=False)
         runs = annotate_runs(tables.runs)
         its = tables.iterations
-        hosts = runs.groupby("run_id")["hosts"].first() if "hosts" in runs else None
         cost = simulate.exchange_cost_from_sweep(runs, its)
         check = simulate.validation_table(runs, its, cost)
         for (scenario, series), df in runs.groupby(["scenario", "series"]):
@@ -190,7 +184,7 @@ def summarize(out: Path, placements: list[str]) -> pd.DataFrame:
                 "series": series,
                 "repetitions": len(df),
                 "throughput_sps": float(df["throughput_sps"].median()),
-                "hosts_per_run": None if hosts is None else int(hosts.max()),
+                "hosts_per_run": int(df["hosts"].max()) if "hosts" in df else None,
                 "clock_error_max_s": float(df["clock_error_s"].max())
                 if "clock_error_s" in df
                 else np.nan,

@@ -251,6 +251,17 @@ class DelaySpec:
         return np.ascontiguousarray(data[:, cols], dtype=np.float64)
 
 
+def resolve_factor(delay: Mapping[str, Any], work_s: float, seed: int) -> dict[str, Any]:
+    """A config's delay section as a run config takes it: ``factor`` (a multiple of the
+    work per iteration, ``work_s``) becomes ``size_s`` (rounded to the nanosecond), and
+    the schedule gets ``seed``."""
+    out = {k: v for k, v in delay.items() if k != "factor"}
+    if "factor" in delay:
+        out["size_s"] = round(delay["factor"] * work_s, 9)
+    out["seed"] = seed
+    return out
+
+
 def inject(seconds: float, mode: str = "busy") -> float:
     """Delay this rank by ``seconds``; returns the time actually spent (monotonic clock).
 

@@ -124,11 +124,9 @@ def _unique_names(items, key):
 
 def resolved_delay(scenario, model, seed):
     """The scenario's delay schedule for one model and seed, as the run config takes it."""
-    delay = {k: v for k, v in scenario["delay"].items() if k != "factor"}
-    if "factor" in scenario["delay"]:
-        delay["size_s"] = round(scenario["delay"]["factor"] * model["work_s"], 9)
-    delay["seed"] = seed
-    return delay
+    from bls_dlrm.delays import resolve_factor
+
+    return resolve_factor(scenario["delay"], model["work_s"], seed)
 
 
 def scenario_ranks(scenario, cfg):
