@@ -23,7 +23,7 @@ import functools
 from pathlib import Path
 
 import pytest
-from conftest import MPI_TIMEOUT, run_or_fail, write_script
+from conftest import MPI_TIMEOUT, RankFiles, run_or_fail, with_rank_files, write_script
 
 from bls_dlrm.hosts import HostsError, NetnsHosts, unavailable_reason
 
@@ -49,11 +49,16 @@ class TestHosts(NetnsHosts):
         return self.argv(["python", str(path), *args], timeout=timeout, env=env, **kw)
 
     def argv(self, argv, *, timeout: float = MPI_TIMEOUT, env=None, expect_ok=True, nprocs=None):
+        """Ranks on the hosts, each writing its output to files of its own (as ``mpirun``)."""
+        self.count += 1
+        files = RankFiles(self.tmp_path / f"hosts_ranks_{self.count}")
+        cmd = with_rank_files(self.command(argv, nprocs), files)
         return run_or_fail(
-            lambda: self.run(argv, timeout=timeout, env=env, cwd=self.tmp_path, nprocs=nprocs),
+            lambda: self._run(cmd, timeout, env, self.tmp_path, False),
             f"ranks on {self.n} hosts",
             timeout,
             expect_ok,
+            files,
         )
 
 

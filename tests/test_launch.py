@@ -126,17 +126,21 @@ def _without_slurm() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
-def test_bls_dlrm_mpiexec_runs_ranks_outside_slurm():
-    code = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.rank, c.size)"
+def test_bls_dlrm_mpiexec_runs_ranks_outside_slurm(tmp_path):
+    # Each rank writes its own file: two ranks' prints on one stdout can interleave.
+    code = (
+        "import sys; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "open(f'{sys.argv[1]}/rank{c.rank}', 'w').write(f'{c.rank} {c.size}')"
+    )
     r = subprocess.run(
-        [BLS_DLRM, "mpiexec", "-n", "2", sys.executable, "-c", code],
+        [BLS_DLRM, "mpiexec", "-n", "2", sys.executable, "-c", code, str(tmp_path)],
         env=_without_slurm() | {"OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.split("\n")[:2]) == ["0 2", "1 2"]
+    assert [(tmp_path / f"rank{i}").read_text() for i in range(2)] == ["0 2", "1 2"]
 
 
 def test_bls_dlrm_mpiexec_refuses_a_job_it_cannot_read(fake_scontrol):
