@@ -42,7 +42,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from bls_dlrm import plotting as bp
+from bls_dlrm import figures as bf
 
 matplotlib.use("agg")
 
@@ -53,9 +53,9 @@ style: str = "paper"  # "paper" (3.3 in column) or "notebook"
 
 # %%
 FIGURE = "fig1_throughput_vs_delay"
-bp.set_style(style)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
-kind = bp.primary_delay_kind(runs)
+bf.set_style(style)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
+kind = bf.primary_delay_kind(runs)
 notes = []
 
 if kind is None:
@@ -66,14 +66,14 @@ else:
     if not (data["delay_ms"] == 0).any():
         quiet = runs[(runs["scenario_class"] == "balanced") & (runs["delay_kind"] == "none")]
         data = pd.concat([data, quiet.assign(delay_ms=0.0)], ignore_index=True)
-    world_size = bp.most_common(data["world_size"])
+    world_size = bf.most_common(data["world_size"])
     if data["world_size"].nunique() > 1:
         notes.append(f"showing P={world_size} ranks only")
     data = data[data["world_size"] == world_size]
 
-series = sorted(data["series"].unique(), key=bp.series_sort_key)
+series = sorted(data["series"].unique(), key=bf.series_sort_key)
 wanted = ["mpi", "gloo", "bls L=0", "bls L=8"]
-note = bp.missing_note(wanted, series)
+note = bf.missing_note(wanted, series)
 if note:
     notes.append(note)
 print(f"delay kind: {kind}; series: {', '.join(series) or 'none'}")
@@ -93,11 +93,11 @@ measured = (
 )
 measured.insert(0, "kind", "measured")
 
-bls_lags = sorted(lag for s in series if (lag := bp.lag_of(s)) is not None and lag > 0)
+bls_lags = sorted(lag for s in series if (lag := bf.lag_of(s)) is not None and lag > 0)
 ideal = pd.DataFrame(columns=measured.columns)
 if bls_lags and not data.empty:
     top = f"bls L={bls_lags[-1]}"
-    base = bp.sync_baseline(data, how="best")
+    base = bf.sync_baseline(data, how="best")
     part = data[data["series"] == top]
     per_workload = part.groupby("workload").agg(
         delay_ms=("delay_ms", "first"), ideal_speedup=("ideal_speedup", "median")
@@ -120,15 +120,15 @@ if bls_lags and not data.empty:
 drawn = pd.concat([measured, ideal], ignore_index=True)
 drawn["runs"] = drawn["runs"].astype("int64")
 display(drawn)
-about = bp.caption(data)
+about = bf.caption(data)
 display(Markdown(f"**Runs drawn:** {about}"))
 
 # %%
-fig, ax = plt.subplots(figsize=bp.figsize(0.72))
+fig, ax = plt.subplots(figsize=bf.figsize(0.72))
 if drawn.empty:
-    bp.placeholder(ax, "no delayed runs in this sweep")
+    bf.placeholder(ax, "no delayed runs in this sweep")
 else:
-    colours, markers = bp.palette(series), bp.series_markers(series)
+    colours, markers = bf.palette(series), bf.series_markers(series)
     for s in series:
         part = measured[measured["series"] == s].sort_values("delay_ms")
         k = part["throughput_sps"] / 1e3
@@ -159,9 +159,9 @@ else:
     ax.set_xlim(left=min(0, ax.get_xlim()[0]))
     ax.legend(title=None, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 sns.despine(fig)
-bp.footnote(fig, " ".join([about, *(n[0].upper() + n[1:] + "." for n in notes)]))
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(drawn, out_dir, FIGURE))
+bf.footnote(fig, " ".join([about, *(n[0].upper() + n[1:] + "." for n in notes)]))
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(drawn, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

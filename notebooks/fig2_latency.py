@@ -38,7 +38,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from bls_dlrm import plotting as bp
+from bls_dlrm import figures as bf
 
 matplotlib.use("agg")
 
@@ -50,16 +50,16 @@ workloads: list = []  # empty: automatic; or [no-delay workload, delayed workloa
 
 # %%
 FIGURE = "fig2_latency"
-bp.set_style(style)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
-per_iteration = bp.attach_labels(
-    bp.load_table(tables_dir, "per_iteration", ["run_id", "iteration", "latency_s"]), runs
+bf.set_style(style)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
+per_iteration = bf.attach_labels(
+    bf.load_table(tables_dir, "per_iteration", ["run_id", "iteration", "latency_s"]), runs
 )
 per_iteration["latency_ms"] = per_iteration["latency_s"] * 1e3
 
 if not workloads:
-    delayed = bp.pick_delayed_workload(runs)
-    quiet = bp.pick_reference_workload(runs, like=delayed)
+    delayed = bf.pick_delayed_workload(runs)
+    quiet = bf.pick_reference_workload(runs, like=delayed)
     panels = [("no delay", quiet), ("delayed", delayed)]
     for title, w in panels:
         if w is None:
@@ -100,23 +100,23 @@ table = (
 )
 display(table)
 shown_runs = runs[runs["workload"].isin([w for _, w in panels])]
-about = bp.caption(shown_runs)
+about = bf.caption(shown_runs)
 display(Markdown(f"**Runs drawn:** {about}"))
 
 # %%
-series = sorted(drawn["series"].unique(), key=bp.series_sort_key)
-colours = bp.palette(series)
+series = sorted(drawn["series"].unique(), key=bf.series_sort_key)
+colours = bf.palette(series)
 fig, axes = plt.subplots(
-    1, len(panels), figsize=bp.figsize(0.62), sharex=True, sharey=True, squeeze=False
+    1, len(panels), figsize=bf.figsize(0.62), sharex=True, sharey=True, squeeze=False
 )
 handles = {}
 for ax, (title, workload) in zip(axes[0], panels, strict=True):
     data = drawn[drawn["panel"] == title]
     if workload is None or data.empty:
-        bp.placeholder(ax, f"nothing to show\n({title})")
+        bf.placeholder(ax, f"nothing to show\n({title})")
         ax.set_title(title)
         continue
-    present = sorted(data["series"].unique(), key=bp.series_sort_key)
+    present = sorted(data["series"].unique(), key=bf.series_sort_key)
     for s in present:
         part = data[data["series"] == s]
         (line,) = ax.step(
@@ -128,7 +128,7 @@ for ax, (title, workload) in zip(axes[0], panels, strict=True):
     ax.set_xscale("log")
     ax.set_title(f"{title}: {workload}", fontsize="small")
     ax.set_xlabel("Batch latency (ms)")
-    note = bp.missing_note(["mpi", "bls L=0"], present)
+    note = bf.missing_note(["mpi", "bls L=0"], present)
     if note:
         print(workload, note)
 axes[0][0].set_ylabel("Fraction of iterations")
@@ -136,9 +136,9 @@ axes[0][0].set_ylim(0, 1.02)
 if not drawn.empty:
     low, high = drawn["latency_ms"].min(), drawn["latency_ms"].max()
     axes[0][0].set_xlim(low / 1.1, high * 1.1)  # shared: one range, set once
-    ticks = bp.set_plain_log_axis(axes[0][0], "x")
-    print("x ticks (ms):", ", ".join(bp.plain_number(t) for t in ticks))
-ordered = sorted(handles, key=bp.series_sort_key)
+    ticks = bf.set_plain_log_axis(axes[0][0], "x")
+    print("x ticks (ms):", ", ".join(bf.plain_number(t) for t in ticks))
+ordered = sorted(handles, key=bf.series_sort_key)
 if ordered:
     fig.legend(
         [handles[s] for s in ordered],
@@ -149,13 +149,13 @@ if ordered:
     )
 sns.despine(fig)
 fig.tight_layout()
-bp.footnote(
+bf.footnote(
     fig,
     f"{about} Closed loop: batch latency grows with the lag bound (Little's law); "
     "query latency under load is the open-loop experiment's.",
 )
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(drawn, out_dir, FIGURE))
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(drawn, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

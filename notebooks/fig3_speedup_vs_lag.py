@@ -19,7 +19,7 @@
 # the same workload (of mpi, gloo and bls L=0, the one with the highest median
 # throughput), as a throughput ratio (= makespan ratio). Solid: the geometric mean of the
 # per-repetition ratios, with its 95% bootstrap confidence interval over repetitions as
-# error bars (`bls_dlrm.stats.ratio_ci`, paired by repetition; the confidence level and
+# error bars (`bls_dlrm.analysis.stats.ratio_ci`, paired by repetition; the confidence level and
 # seed come from the protocol). Dashed: the ideal speedup the theory allows for that lag
 # bound on the work the runs logged (`ideal_speedup`: bulk-synchronous makespan over the
 # lag-bounded one, with a free exchange; see `bls_dlrm.theory`), median over repetitions.
@@ -38,7 +38,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from matplotlib.lines import Line2D
 
-from bls_dlrm import plotting as bp
+from bls_dlrm import figures as bf
 
 matplotlib.use("agg")
 
@@ -51,10 +51,10 @@ protocol: str = "config/protocol.yaml"  # thresholds and interval settings
 
 # %%
 FIGURE = "fig3_speedup_vs_lag"
-bp.set_style(style)
-spec = bp.load_protocol(protocol)
-settings = bp.interval_settings(spec)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
+bf.set_style(style)
+spec = bf.figure_protocol(protocol)
+settings = bf.interval_settings(spec)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
 candidates = runs[runs["scenario_class"] != "stress"]
 shown_workloads = sorted(
     set(candidates.loc[candidates["scenario_class"].isin(("delayed", "skewed")), "workload"])
@@ -63,13 +63,13 @@ if not shown_workloads:
     print("no delayed or skewed workload; showing every workload")
     shown_workloads = sorted(set(candidates["workload"]))
 shown = candidates[candidates["workload"].isin(shown_workloads)]
-bls_series = sorted({s for s in shown["series"] if s.startswith("bls L=")}, key=bp.series_sort_key)
-intervals = bp.speedup_intervals(shown, bls_series, how=baseline, **settings)
+bls_series = sorted({s for s in shown["series"] if s.startswith("bls L=")}, key=bf.series_sort_key)
+intervals = bf.speedup_intervals(shown, bls_series, how=baseline, **settings)
 info = shown.groupby("workload").agg(
     delay_ms=("delay_ms", "first"), scenario_class=("scenario_class", "first")
 )
 drawn = intervals.assign(
-    lag=[bp.lag_of(s) for s in intervals["series"]],
+    lag=[bf.lag_of(s) for s in intervals["series"]],
     scenario_class=intervals["workload"].map(info["scenario_class"]),
     delay_ms=intervals["workload"].map(info["delay_ms"]),
 )
@@ -78,9 +78,9 @@ display(drawn)
 missing = sorted(set(runs["workload"]) - set(drawn["workload"]))
 if missing:
     print("not drawn (stress, or no BLS run or no synchronous baseline):", ", ".join(missing))
-thresholds = [c for c in bp.protocol_claims(spec, FIGURE) if c.get("metric") == "throughput_ratio"]
+thresholds = [c for c in bf.protocol_claims(spec, FIGURE) if c.get("metric") == "throughput_ratio"]
 print("thresholds from the protocol:", [(c["key"], c["threshold"]) for c in thresholds])
-about = bp.caption(shown)
+about = bf.caption(shown)
 display(Markdown(f"**Runs drawn:** {about}"))
 
 # %%
@@ -90,9 +90,9 @@ order = list(dict.fromkeys(drawn["workload"]))
 colours = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
 dodge = 0.22 / max(len(order), 1)
 
-fig, ax = plt.subplots(figsize=bp.figsize(0.8))
+fig, ax = plt.subplots(figsize=bf.figsize(0.8))
 if drawn.empty:
-    bp.placeholder(ax, "no BLS runs with a synchronous\nbaseline in this sweep")
+    bf.placeholder(ax, "no BLS runs with a synchronous\nbaseline in this sweep")
 else:
     for k, workload in enumerate(order):
         part = drawn[drawn["workload"] == workload].sort_values("lag")
@@ -118,7 +118,7 @@ else:
             ax.text(
                 len(lags) - 0.5,
                 value,
-                f"({claim['key']}) {bp.threshold_text(t)}",
+                f"({claim['key']}) {bf.threshold_text(t)}",
                 ha="right",
                 va="bottom",
                 fontsize="x-small",
@@ -140,9 +140,9 @@ else:
     ax.legend(handles=handles, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 sns.despine(fig)
 fig.tight_layout()
-bp.footnote(fig, about)
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(drawn, out_dir, FIGURE))
+bf.footnote(fig, about)
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(drawn, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

@@ -20,7 +20,7 @@
 # runs) over the throughput of the best synchronous series of the same workload (of mpi,
 # gloo and bls L=0, the one with the highest median throughput). The bar is the geometric
 # mean of the per-repetition ratios; the error bar its 95% bootstrap confidence interval
-# over repetitions (`bls_dlrm.stats.ratio_ci`). Workloads are grouped into balanced,
+# over repetitions (`bls_dlrm.analysis.stats.ratio_ci`). Workloads are grouped into balanced,
 # skewed (uneven access or placement, no injected delay) and delayed; a stress scenario
 # (more ranks than cores) is drawn apart, last, and no claim is judged on it.
 #
@@ -39,7 +39,7 @@ from IPython.display import Markdown, display
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from bls_dlrm import plotting as bp
+from bls_dlrm import figures as bf
 
 matplotlib.use("agg")
 
@@ -52,12 +52,12 @@ lag_bound: int = -1  # -1: the protocol's judged lag bound (else the sweep's lar
 
 # %%
 FIGURE = "fig4_scenarios"
-bp.set_style(style)
-spec = bp.load_protocol(protocol)
-settings = bp.interval_settings(spec)
-judged = bp.protocol_claims(spec, FIGURE, "throughput_ratio")
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
-lags = sorted({lag for s in runs["series"] if (lag := bp.lag_of(s)) is not None and lag > 0})
+bf.set_style(style)
+spec = bf.figure_protocol(protocol)
+settings = bf.interval_settings(spec)
+judged = bf.protocol_claims(spec, FIGURE, "throughput_ratio")
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
+lags = sorted({lag for s in runs["series"] if (lag := bf.lag_of(s)) is not None and lag > 0})
 protocol_lags = sorted({int(lag) for c in judged for lag in c.get("lag_bounds", [])})
 if lag_bound >= 0:
     chosen_lag, source = lag_bound, "parameter"
@@ -68,12 +68,12 @@ else:
 print(f"lag bound shown: {chosen_lag} ({source}); lag bounds run: {lags}")
 series = f"bls L={chosen_lag}"
 
-drawn = bp.speedup_intervals(runs, [series], how="best", **settings)
+drawn = bf.speedup_intervals(runs, [series], how="best", **settings)
 info = runs.groupby("workload").agg(
     scenario_class=("scenario_class", "first"), delay_ms=("delay_ms", "first")
 )
 drawn["scenario_class"] = drawn["workload"].map(info["scenario_class"])
-drawn["class_rank"] = drawn["scenario_class"].map({c: i for i, c in enumerate(bp.CLASS_ORDER)})
+drawn["class_rank"] = drawn["scenario_class"].map({c: i for i, c in enumerate(bf.CLASS_ORDER)})
 drawn["delay_ms"] = drawn["workload"].map(info["delay_ms"])
 drawn = drawn.sort_values(["class_rank", "delay_ms", "workload"]).reset_index(drop=True)
 drawn = drawn.rename(columns={"speedup": "ratio"})
@@ -81,23 +81,23 @@ display(drawn)
 lacking = sorted(set(runs["workload"]) - set(drawn["workload"]))
 if lacking:
     print(f"left out (no {series} run or no synchronous run):", ", ".join(lacking))
-print(bp.missing_note(bp.CLASS_ORDER[:3], drawn["scenario_class"], "scenario classes"))
+print(bf.missing_note(bf.CLASS_ORDER[:3], drawn["scenario_class"], "scenario classes"))
 band = next(
     (c["threshold"] for c in judged if c["threshold"].get("op") == "within"),
     None,
 )
 print("band (claim a):", band)
-about = bp.caption(runs[runs["workload"].isin(drawn["workload"])])
+about = bf.caption(runs[runs["workload"].isin(drawn["workload"])])
 display(Markdown(f"**Runs drawn:** {about}"))
 
 # %%
 height = max(0.45, 0.1 * len(drawn) + 0.3)
-fig, ax = plt.subplots(figsize=bp.figsize(height))
+fig, ax = plt.subplots(figsize=bf.figsize(height))
 if drawn.empty:
-    bp.placeholder(ax, f"no workload with both {series} and\na synchronous run in this sweep")
+    bf.placeholder(ax, f"no workload with both {series} and\na synchronous run in this sweep")
 else:
     y = np.arange(len(drawn))
-    colour = bp.palette([series])[series]
+    colour = bf.palette([series])[series]
     if band is not None:
         ax.axvspan(band["low"], band["high"], color="#e6e6e6", zorder=0)
     ax.axvline(1.0, color="#222222", lw=0.6, zorder=1)
@@ -140,7 +140,7 @@ else:
             ha="right",
             va="top",
             fontsize="x-small",
-            color=bp.CLASS_COLORS.get(cls, "#666666"),
+            color=bf.CLASS_COLORS.get(cls, "#666666"),
             style="italic",
         )
     xmax = np.nanmax([drawn["high"].max(), drawn["ratio"].max(), drawn["ideal_speedup"].max()])
@@ -152,15 +152,15 @@ else:
         Line2D([], [], ls="none", marker="|", ms=8, mew=1.4, color="black", label="ideal"),
     ]
     if band is not None:
-        handles.append(Patch(color="#e6e6e6", label=f"(a) {bp.threshold_text(band)}"))
+        handles.append(Patch(color="#e6e6e6", label=f"(a) {bf.threshold_text(band)}"))
     ax.legend(
         handles=handles, ncol=min(len(handles), 4), loc="lower center", bbox_to_anchor=(0.5, 1.0)
     )
 sns.despine(fig)
 fig.tight_layout()
-bp.footnote(fig, f"BLS lag bound L={chosen_lag} ({source}). {about}")
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(drawn.drop(columns="class_rank"), out_dir, FIGURE))
+bf.footnote(fig, f"BLS lag bound L={chosen_lag} ({source}). {about}")
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(drawn.drop(columns="class_rank"), out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

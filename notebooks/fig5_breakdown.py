@@ -35,7 +35,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from matplotlib.patches import Patch
 
-from bls_dlrm import plotting as bp
+from bls_dlrm import figures as bf
 
 matplotlib.use("agg")
 
@@ -47,20 +47,20 @@ workload: str = ""  # empty: choose automatically; or the name of a workload
 
 # %%
 FIGURE = "fig5_breakdown"
-bp.set_style(style)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
+bf.set_style(style)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
 if not workload:
-    workload = bp.pick_delayed_workload(runs)
+    workload = bf.pick_delayed_workload(runs)
 chosen = runs[runs["workload"] == workload]
-present = sorted(chosen["series"].unique(), key=bp.series_sort_key)
-sync_series = bp.baseline_series(chosen, how="best").get(workload)
-bls_series = [s for s in present if s.startswith("bls L=") and s not in bp.SYNC_SERIES]
+present = sorted(chosen["series"].unique(), key=bf.series_sort_key)
+sync_series = bf.baseline_series(chosen, how="best").get(workload)
+bls_series = [s for s in present if s.startswith("bls L=") and s not in bf.SYNC_SERIES]
 panels = [s for s in (sync_series, bls_series[-1] if bls_series else None) if s is not None]
 print(f"workload: {workload}; series: {', '.join(present) or 'none'}; shown: {panels}")
-picked = {s: bp.representative_run(chosen[chosen["series"] == s]) for s in panels}
+picked = {s: bf.representative_run(chosen[chosen["series"] == s]) for s in panels}
 
 columns = ["run_id", "rank", "iteration", "t_start", "t_done", "compute_s", "delay_s", "wait_s"]
-iterations = bp.load_table(tables_dir, "iterations", columns)
+iterations = bf.load_table(tables_dir, "iterations", columns)
 iterations = iterations[iterations["run_id"].isin([r["run_id"] for r in picked.values()])]
 
 COMPONENTS = {"compute": "compute_s", "injected delay": "delay_s", "blocked wait": "wait_s"}
@@ -81,16 +81,16 @@ per_rank = (
     pd.concat(per_rank, ignore_index=True)[columns] if per_rank else pd.DataFrame(columns=columns)
 )
 display(per_rank)
-about = bp.caption(chosen[chosen["series"].isin(panels)])
+about = bf.caption(chosen[chosen["series"].isin(panels)])
 display(Markdown(f"**Runs drawn** (one per series shown, of these): {about}"))
 
 # %%
 names = [*COMPONENTS, "other"]
 fig, axes = plt.subplots(
-    1, max(len(panels), 1), figsize=bp.figsize(0.6), sharex=True, sharey=True, squeeze=False
+    1, max(len(panels), 1), figsize=bf.figsize(0.6), sharex=True, sharey=True, squeeze=False
 )
 if not panels:
-    bp.placeholder(axes[0][0], "no delayed workload in this sweep")
+    bf.placeholder(axes[0][0], "no delayed workload in this sweep")
 for ax, s in zip(axes[0], panels, strict=False):
     data = per_rank[per_rank["series"] == s].sort_values("rank")
     left = pd.Series(0.0, index=data.index)
@@ -100,20 +100,20 @@ for ax, s in zip(axes[0], panels, strict=False):
             data[name],
             left=left,
             height=0.7,
-            color=bp.COMPONENT_COLORS[name],
+            color=bf.COMPONENT_COLORS[name],
             label=name,
         )
         left = left + data[name]
     per_it = data["ms_per_iteration"].iloc[0]
     ax.axvline(per_it, color="#222222", lw=0.6, ls="--")
-    ax.set_title(f"{s}: {per_it:.3g} ms/iteration", fontsize="small", color=bp.palette([s])[s])
+    ax.set_title(f"{s}: {per_it:.3g} ms/iteration", fontsize="small", color=bf.palette([s])[s])
     ax.set_xlabel("Time per iteration (ms)")
 axes[0][0].set_ylabel("Rank")
 if panels:
     ranks = sorted(per_rank["rank"].unique())
     axes[0][0].set_yticks(ranks, [str(r) for r in ranks])
     axes[0][0].invert_yaxis()
-    handles = [Patch(color=bp.COMPONENT_COLORS[n], label=n) for n in names]
+    handles = [Patch(color=bf.COMPONENT_COLORS[n], label=n) for n in names]
     fig.legend(
         handles=handles,
         ncol=4,
@@ -127,9 +127,9 @@ if len(panels) < 2:
     print(f"only {panels or 'nothing'} to show: the workload lacks a synchronous or a BLS run")
 sns.despine(fig)
 fig.tight_layout()
-bp.footnote(fig, f"Median-makespan run of each series shown. {about}")
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(per_rank, out_dir, FIGURE))
+bf.footnote(fig, f"Median-makespan run of each series shown. {about}")
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(per_rank, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

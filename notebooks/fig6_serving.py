@@ -38,8 +38,8 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from bls_dlrm import plotting as bp
-from bls_dlrm import stats
+from bls_dlrm import figures as bf
+from bls_dlrm.analysis import stats
 
 matplotlib.use("agg")
 
@@ -52,15 +52,15 @@ protocol: str = "config/protocol.yaml"  # interval settings
 # %%
 FIGURE = "fig6_serving"
 SYNC = "sync"
-bp.set_style(style)
-settings = bp.interval_settings(bp.load_protocol(protocol))
-serving = bp.load_table(tables_dir, "serving")
-capacity = bp.load_table(tables_dir, "capacity")
+bf.set_style(style)
+settings = bf.interval_settings(bf.figure_protocol(protocol))
+serving = bf.load_table(tables_dir, "serving")
+capacity = bf.load_table(tables_dir, "capacity")
 for column in ("workload", "repetition", "role", "load", "rate_qps", "reference_qps"):
     if column not in serving:  # a table without runs (a sweep with no serving load)
         serving[column] = pd.Series(dtype="float64")
 serving["x"] = serving["rate_qps"] / serving["reference_qps"]
-roles = sorted(set(serving["role"]), key=lambda r: (r != SYNC, bp.series_sort_key(r)))
+roles = sorted(set(serving["role"]), key=lambda r: (r != SYNC, bf.series_sort_key(r)))
 bls_roles = [r for r in roles if r != SYNC and r.startswith("bls")]
 workloads = sorted(serving["workload"].unique())
 print("workloads:", workloads, "| roles:", roles)
@@ -133,14 +133,14 @@ pct = float(capacity["percentile"].iloc[0]) if not capacity.empty else 99.0
 print(f"SLO: p{pct:g} <= {slo} ms")
 
 # %%
-colours = {SYNC: bp.SYNC_COLORS["mpi"]} | {r: bp.bls_color(bp.lag_of(r) or 0) for r in bls_roles}
+colours = {SYNC: bf.SYNC_COLORS["mpi"]} | {r: bf.bls_color(bf.lag_of(r) or 0) for r in bls_roles}
 n = max(len(workloads), 1)
 fig, axes = plt.subplots(
-    1, n, figsize=(bp.figsize(0.8)[0], bp.figsize(0.8)[1]), sharey=True, squeeze=False
+    1, n, figsize=(bf.figsize(0.8)[0], bf.figsize(0.8)[1]), sharey=True, squeeze=False
 )
 axes = axes[0]
 if serving.empty:
-    bp.placeholder(axes[0], "no serving runs in this sweep")
+    bf.placeholder(axes[0], "no serving runs in this sweep")
 for ax, workload in zip(axes, workloads, strict=False):
     for role in roles:
         d = points[(points["workload"] == workload) & (points["role"] == role)]
@@ -186,7 +186,7 @@ for ax, workload in zip(axes, workloads, strict=False):
 axes[0].set_ylabel("query latency (ms)")
 axes[len(axes) // 2].set_xlabel("offered load / sync capacity")  # once, under the middle panel
 if not serving.empty:
-    bp.set_plain_log_axis(axes[0], "y")  # shared y: plain ms ticks on every panel
+    bf.set_plain_log_axis(axes[0], "y")  # shared y: plain ms ticks on every panel
 if not serving.empty:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(
@@ -206,10 +206,10 @@ note = (
     f"bound one per core; synthetic data and injected delays. Red line: SLO p{pct:g} "
     f"{slo} ms; triangles: capacity at the SLO; dotted: theory's capacity limits."
 )
-bp.footnote(fig, note)
-paths = bp.save_figure(fig, out_dir, FIGURE)
+bf.footnote(fig, note)
+paths = bf.save_figure(fig, out_dir, FIGURE)
 drawn = pd.concat([points, caps], ignore_index=True) if len(caps) else points
-paths.append(bp.save_drawn_data(drawn, out_dir, FIGURE))
+paths.append(bf.save_drawn_data(drawn, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

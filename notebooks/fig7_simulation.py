@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Figure 7 (simulation): validated on the measured runs, then at cluster scale
 #
-# A simulation (`bls_dlrm.simulate`), not a measurement. It extends the theory's ideal
+# A simulation (`bls_dlrm.analysis.simulate`), not a measurement. It extends the theory's ideal
 # recurrence by two measured costs: a per-rank overhead per iteration (time outside the
 # logged compute and delay, which no lag bound hides; calibrated per series on one
 # workload, `calibration`) and an exchange time `x(P, n) = a + b(P-1) + c n (P-1)` (an
@@ -47,8 +47,8 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from matplotlib.lines import Line2D
 
-from bls_dlrm import plotting as bp
-from bls_dlrm import simulate as sim
+from bls_dlrm import figures as bf
+from bls_dlrm.analysis import simulate as sim
 
 matplotlib.use("agg")
 
@@ -69,16 +69,16 @@ ITERATION_COLUMNS = [
     "run_id", "collective", "lag_bound", "rank", "iteration", "warmup",
     "compute_s", "delay_s", "wait_s", "t_posted", "t_bottom", "t_completed",
 ]  # fmt: skip
-bp.set_style(style)
-spec = bp.load_protocol(protocol)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
-its = bp.load_table(tables_dir, "iterations", columns=ITERATION_COLUMNS)
+bf.set_style(style)
+spec = bf.figure_protocol(protocol)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
+its = bf.load_table(tables_dir, "iterations", columns=ITERATION_COLUMNS)
 
 works = sim.work_matrices(its)
 cost = sim.exchange_cost_from_sweep(runs, its)
 source = "the sweep's synchronous runs"
 if exchange_bench:
-    cost = sim.ExchangeCost.fit(sim.bench_table(bp.project_path(exchange_bench)))
+    cost = sim.ExchangeCost.fit(sim.bench_table(bf.project_path(exchange_bench)))
     source = f"bench-a2a ({exchange_bench})"
 print(f"exchange cost ({cost.rows} rows from {source}): {cost.describe()}")
 # The scale-out starts from the calibration workload with the most ranks (its per-rank
@@ -123,7 +123,7 @@ if not points.empty:
 judged_lags = sorted(
     {int(lag) for c in spec.get("claims", []) for lag in c.get("lag_bounds", []) or []}
 )
-run_lags = sorted({lag for s in runs["series"] if (lag := bp.lag_of(s)) is not None and lag})
+run_lags = sorted({lag for s in runs["series"] if (lag := bf.lag_of(s)) is not None and lag})
 lags = judged_lags or run_lags[-1:]
 schedules = sim.delay_specs(runs)
 base = sim.best_sync(cal) if not cal.empty else None
@@ -158,15 +158,15 @@ if base is not None and schedules and lags:
     scale["bls_capacity_per_rank_sps"] = scale["bls_capacity_sps"] / scale["ranks"]
     scale["sync_series"] = base
 display(scale)
-about = bp.caption(runs[runs["workload"].isin(points["workload"])]) if len(points) else ""
+about = bf.caption(runs[runs["workload"].isin(points["workload"])]) if len(points) else ""
 display(Markdown(f"**Measured runs validated:** {about}"))
 
 # %%
-w, _ = bp.figsize(0.75)
+w, _ = bf.figsize(0.75)
 fig, axes = plt.subplots(1, 3, figsize=(2 * w, 0.72 * w))
 ax = axes[0]
 if points.empty:
-    bp.placeholder(ax, "no workload with a BLS series (L > 0)\nand a synchronous series")
+    bf.placeholder(ax, "no workload with a BLS series (L > 0)\nand a synchronous series")
 else:
     hi = float(np.nanmax([points["predicted_speedup"].max(), points["measured_speedup"].max()]))
     lo = float(np.nanmin([points["predicted_speedup"].min(), points["measured_speedup"].min()]))
@@ -175,7 +175,7 @@ else:
     ax.fill_between(xs, 0.9 * xs, 1.1 * xs, color="#e6e6e6", zorder=0, label="within 10%")
     ax.plot(xs, xs, color="#222222", lw=0.6, zorder=1)
     for _, p in points.iterrows():
-        colour = bp.bls_color(int(p["lag_bound"]))
+        colour = bf.bls_color(int(p["lag_bound"]))
         ax.plot(
             p["measured_speedup"], p["predicted_speedup"], ls="none",
             marker="s" if p["calibration"] else "o", ms=4,
@@ -186,7 +186,7 @@ else:
     ax.set_xlabel("Measured speedup (x)")
     ax.set_ylabel("Simulated speedup (x)")
     handles = [
-        Line2D([], [], ls="none", marker="o", ms=4, color=bp.bls_color(int(lag)), label=f"L={lag}")
+        Line2D([], [], ls="none", marker="o", ms=4, color=bf.bls_color(int(lag)), label=f"L={lag}")
         for lag in sorted(points["lag_bound"].unique())
     ]
     handles.append(
@@ -203,7 +203,7 @@ colours = dict(zip(schedules, sns.color_palette("deep", max(len(schedules), 1)),
 styles = dict(zip(lags, ["-", "--", ":", "-."] * 4, strict=False))
 for ax, what in ((axes[1], "speedup"), (axes[2], "capacity")):
     if scale.empty:
-        bp.placeholder(ax, "no rotating or random delay schedule\nor no calibration runs")
+        bf.placeholder(ax, "no rotating or random delay schedule\nor no calibration runs")
         continue
     for workload, part in scale.groupby("workload", sort=False):
         for lag, line in part.groupby("lag_bound"):
@@ -237,18 +237,18 @@ if not scale.empty:
 sns.despine(fig)
 fig.tight_layout()
 note = (
-    f"Simulation (bls_dlrm.simulate), not measurement. Exchange cost from {source}: "
+    f"Simulation (bls_dlrm.analysis.simulate), not measurement. Exchange cost from {source}: "
     f"{cost.describe()}; per-series overheads calibrated on '{calibration}'. "
     f"Scale-out: compute drawn from the '{cal_id}' runs of {base}, delay schedules of "
     f"the sweep, lag bounds {', '.join(map(str, lags))} (protocol), sync = {base}. "
     f"Validated runs: {about}"
 )
-bp.footnote(fig, note)
+bf.footnote(fig, note)
 drawn = pd.concat(
     [points.assign(panel="validation"), scale.assign(panel="scale-out")], ignore_index=True
 )
-paths = bp.save_figure(fig, out_dir, FIGURE)
-paths.append(bp.save_drawn_data(drawn, out_dir, FIGURE))
+paths = bf.save_figure(fig, out_dir, FIGURE)
+paths.append(bf.save_drawn_data(drawn, out_dir, FIGURE))
 print("\n".join(map(str, paths)))
 display(fig)
 plt.close(fig)

@@ -30,8 +30,8 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import display
 
-from bls_dlrm import plotting as bp
-from bls_dlrm.claims import evaluate, machine_info, sweep_info
+from bls_dlrm import figures as bf
+from bls_dlrm.analysis.claims import evaluate, machine_info, sweep_info
 
 matplotlib.use("agg")
 pd.set_option("display.width", 160)
@@ -43,23 +43,23 @@ out_dir: str = ""  # empty: write nothing; else a folder for overview_speedup.{p
 style: str = "notebook"  # "paper" (3.3 in column) or "notebook"
 
 # %%
-bp.set_style(style)
-runs = bp.annotate_runs(bp.load_table(tables_dir, "runs"))
-per_iteration = bp.attach_labels(bp.load_table(tables_dir, "per_iteration"), runs)
+bf.set_style(style)
+runs = bf.annotate_runs(bf.load_table(tables_dir, "runs"))
+per_iteration = bf.attach_labels(bf.load_table(tables_dir, "per_iteration"), runs)
 print(
     f"{len(runs)} runs, {len(per_iteration)} measured iterations, "
     f"{runs['workload'].nunique()} workloads"
 )
 display(pd.Series(sweep_info(runs), name="sweep").to_frame())
 display(pd.Series(machine_info(runs), name="machine").to_frame())
-print(bp.caption(runs))
+print(bf.caption(runs))
 
 # %% [markdown]
 # ## Runs per workload and series
 # Repetitions per cell; an empty cell is a combination the sweep did not run.
 
 # %%
-order = sorted(runs["series"].unique(), key=bp.series_sort_key)
+order = sorted(runs["series"].unique(), key=bf.series_sort_key)
 counts = runs.pivot_table(
     index=["scenario_class", "workload"], columns="series", values="run_id", aggfunc="count"
 )
@@ -69,7 +69,7 @@ display(counts.reindex(columns=order))
 # ## Medians per workload and series
 
 # %%
-runs = bp.with_speedup(runs, how="best")
+runs = bf.with_speedup(runs, how="best")
 for metric, scale, unit in [
     ("throughput_sps", 1e-3, "k samples/s"),
     ("speedup", 1.0, "x over the best synchronous series"),
@@ -110,21 +110,21 @@ display(
 
 # %% [markdown]
 # ## Speedup over the best synchronous series, every workload and series
-# Medians of per-run ratios; the figures give 95% intervals (`bp.speedup_intervals`).
+# Medians of per-run ratios; the figures give 95% intervals (`bf.speedup_intervals`).
 
 # %%
 heat = runs.pivot_table(
     index="workload", columns="series", values="speedup", aggfunc="median"
 ).reindex(columns=order)
-fig, ax = plt.subplots(figsize=bp.figsize(0.25 + 0.08 * max(len(heat), 1)))
+fig, ax = plt.subplots(figsize=bf.figsize(0.25 + 0.08 * max(len(heat), 1)))
 if heat.empty or heat.isna().all().all():
-    bp.placeholder(ax, "no workload with a synchronous baseline")
+    bf.placeholder(ax, "no workload with a synchronous baseline")
 else:
     sns.heatmap(heat, annot=True, fmt=".2f", center=1.0, cmap="vlag_r", cbar=False, ax=ax)
     ax.set_xlabel("")
     ax.set_ylabel("")
 if out_dir:
-    print(bp.save_figure(fig, out_dir, "overview_speedup"))
+    print(bf.save_figure(fig, out_dir, "overview_speedup"))
 display(fig)
 plt.close(fig)
 
@@ -133,20 +133,20 @@ plt.close(fig)
 # One line per series for the delayed workload the figures show in detail.
 
 # %%
-focus = bp.pick_delayed_workload(runs) or (runs["workload"].iloc[0] if len(runs) else None)
+focus = bf.pick_delayed_workload(runs) or (runs["workload"].iloc[0] if len(runs) else None)
 data = per_iteration[per_iteration["workload"] == focus]
-fig, ax = plt.subplots(figsize=bp.figsize(0.5))
+fig, ax = plt.subplots(figsize=bf.figsize(0.5))
 if data.empty:
-    bp.placeholder(ax, "no iterations")
+    bf.placeholder(ax, "no iterations")
 else:
-    present = sorted(data["series"].unique(), key=bp.series_sort_key)
+    present = sorted(data["series"].unique(), key=bf.series_sort_key)
     sns.lineplot(
         data=data.assign(latency_ms=data["latency_s"] * 1e3),
         x="iteration",
         y="latency_ms",
         hue="series",
         hue_order=present,
-        palette=bp.palette(present),
+        palette=bf.palette(present),
         estimator="median",
         errorbar=None,
         ax=ax,

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import MPI_TIMEOUT, RankFiles, run_or_fail, with_rank_files, write_script
 
-from bls_dlrm.hosts import HostsError, NetnsHosts, unavailable_reason
+from bls_dlrm.harness.hosts import HostsError, NetnsHosts, unavailable_reason
 
 
 @functools.cache

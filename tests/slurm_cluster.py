@@ -8,7 +8,7 @@ A cluster lives in a temporary directory: its own munge key and `munged` socket,
 `slurm.conf` (partition `debug`, no accounting), `slurmctld` and one `slurmd` per node on
 free ports, state, spool, logs and pid files under that directory. One node is
 `localhost` with the machine's CPUs. Several nodes are namespace hosts of
-`bls_dlrm.hosts` (a network namespace on a private bridge, a hostname, a hosts file), each
+`bls_dlrm.harness.hosts` (a network namespace on a private bridge, a hostname, a hosts file), each
 running its own `slurmd`, with the controller on the bridge. The daemons run in the
 foreground as children of this process, so teardown stops exactly them, removes the hosts
 and the directory, also when the run fails. Clients find the cluster through SLURM_CONF,
@@ -181,7 +181,7 @@ class SlurmCluster:
     """Context manager: a Slurm cluster under a temporary directory.
 
     One node (``localhost``, the machine's CPUs) by default. With ``nodes`` > 1, every node
-    is a namespace host of :class:`bls_dlrm.hosts.NetnsHosts` (its own network namespace on
+    is a namespace host of :class:`bls_dlrm.harness.hosts.NetnsHosts` (its own network namespace on
     a private bridge, its own hostname) running its own ``slurmd``, with ``cpus`` CPUs
     (default: the machine's CPUs shared out); the controller listens on the bridge. Slurm
     then places a job's tasks on several nodes, and MPICH's launcher must reach them
@@ -451,7 +451,7 @@ def _on_host(host, argv: list[str], scratch: Path) -> list[str]:
 
 def _namespace_hosts(n: int, cpus: int):
     """n namespace hosts for the nodes of a multi-node cluster (ClusterError if impossible)."""
-    from bls_dlrm.hosts import HostsError, NetnsHosts, unavailable_reason
+    from bls_dlrm.harness.hosts import HostsError, NetnsHosts, unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

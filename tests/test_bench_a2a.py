@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls_dlrm.bench_a2a import (
+from bls_dlrm.harness.bench_a2a import (
     NATIVE_API,
     CollectiveSpec,
     _api_list,

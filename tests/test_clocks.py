@@ -1,8 +1,8 @@
 """Clocks aligned through MPI: the offset estimator, its log fields, and the tables' alignment.
 
 A run measures every rank's monotonic clock against rank 0's by ping-pong before and after
-it (:mod:`bls_dlrm.clocks`) and :mod:`bls_dlrm.tables` puts every host's times on rank 0's
-clock with these offsets. Checked here:
+it (:mod:`bls_dlrm.logs.clocks`) and :mod:`bls_dlrm.analysis.tables` puts every host's times
+on rank 0's clock with these offsets. Checked here:
 
 - the estimator with a fake transport (known offset, asymmetric delays): the estimate is
   within its bound, the bound is half the smallest round trip;
@@ -30,8 +30,9 @@ import pandas as pd
 import pytest
 from conftest import BLS_DLRM, infer_argv
 
-from bls_dlrm import clocks, tables
-from bls_dlrm.records import (
+from bls_dlrm.analysis import tables
+from bls_dlrm.logs import clocks
+from bls_dlrm.logs.records import (
     ClockSync,
     Header,
     Iteration,
@@ -119,7 +120,7 @@ def test_measure_under_mpi_finds_a_moved_clock(mpirun, tmp_path):
     code = """
     import json, time
     from mpi4py import MPI
-    from bls_dlrm import clocks
+    from bls_dlrm.logs import clocks
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()

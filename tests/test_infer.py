@@ -22,7 +22,9 @@ import torch
 
 from bls_dlrm.data import BatchStore, generate_synthetic
 from bls_dlrm.delays import DelaySpec
-from bls_dlrm.infer import (
+from bls_dlrm.logs.records import read_run
+from bls_dlrm.model import DLRM, get_config
+from bls_dlrm.run.infer import (
     ConfigError,
     RunConfig,
     Series,
@@ -30,8 +32,6 @@ from bls_dlrm.infer import (
     checksum,
     load_config,
 )
-from bls_dlrm.model import DLRM, get_config
-from bls_dlrm.records import read_run
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 BATCH = 48
@@ -326,8 +326,8 @@ def test_header_records_placement_and_single_series_writes_to_out(dataset, mpiru
 
 def test_hot_plan_puts_the_most_expensive_tables_together(tmp_path):
     from bls_dlrm.data import BatchStore
-    from bls_dlrm.infer import table_costs
     from bls_dlrm.model import plan_shards
+    from bls_dlrm.run.infer import table_costs
 
     path = tmp_path / "skewed"
     per_table = {0: {"pooling_k": 20}, 1: {"pooling_k": 12}}

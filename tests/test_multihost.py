@@ -25,10 +25,10 @@ from test_abort import STUCK_TIMEOUT_S, stuck_rank_1_settings
 from test_engine import API, KILLED, TIMEOUT
 from test_torch_backend import ALL_TO_ALL, PROGRESS
 
-from bls_dlrm import hosts as hosts_mod
-from bls_dlrm.hosts import HostsError, NetnsHosts, choose_subnet, unavailable_reason
+from bls_dlrm.harness import hosts as hosts_mod
+from bls_dlrm.harness.hosts import HostsError, NetnsHosts, choose_subnet, unavailable_reason
 from bls_dlrm.launch import run_mpi
-from bls_dlrm.records import read_run
+from bls_dlrm.logs.records import read_run
 
 pytestmark = pytest.mark.mpi
 
@@ -147,7 +147,7 @@ def test_cleanup_removes_everything_also_on_failure(tmp_path):
 
     # a process killed before its own cleanup: `down` finds its state and removes the rest
     up = subprocess.run(
-        [sys.executable, "-m", "bls_dlrm.hosts", "up", "-n", "2"],
+        [sys.executable, "-m", "bls_dlrm.harness.hosts", "up", "-n", "2"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -157,7 +157,7 @@ def test_cleanup_removes_everything_also_on_failure(tmp_path):
     prefix = json.loads(state.read_text())["prefix"]
     assert len([x for x in _leftovers(prefix) if x.endswith(("-h1", "-h2"))]) >= 2
     down = subprocess.run(
-        [sys.executable, "-m", "bls_dlrm.hosts", "down", str(state)],
+        [sys.executable, "-m", "bls_dlrm.harness.hosts", "down", str(state)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -172,7 +172,7 @@ def test_hosts_left_by_a_killed_process_are_removed_by_the_next(tmp_path):
         pytest.skip(f"no namespace hosts here: {reason}")
     code = (
         "import sys, time\n"
-        "from bls_dlrm.hosts import NetnsHosts\n"
+        "from bls_dlrm.harness.hosts import NetnsHosts\n"
         "h = NetnsHosts(2).up()\n"
         "print(h.prefix, flush=True)\n"
         "time.sleep(120)\n"
@@ -198,7 +198,7 @@ def test_no_namespaces_is_a_skip_with_the_reason(netns_hosts, monkeypatch):
             "--clear-groups",
             sys.executable,
             "-c",
-            "from bls_dlrm.hosts import unavailable_reason; print(unavailable_reason())",
+            "from bls_dlrm.harness.hosts import unavailable_reason; print(unavailable_reason())",
         ],
         capture_output=True,
         text=True,

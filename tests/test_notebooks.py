@@ -3,7 +3,7 @@
 - ``full``: tables made here in memory, with every series (mpi, gloo, bls L=0/1/2/4/8),
   three repetitions, the default sweep's workloads on 2 ranks and the 4-rank
   "oversubscribed" stress scenario, so each drawing path runs;
-- ``fixture``: tables built by :func:`bls_dlrm.tables.collect` from the stored logs in
+- ``fixture``: tables built by :func:`bls_dlrm.analysis.tables.collect` from the stored logs in
   ``tests/data/runs`` (complete runs only): the real table schema, and a sweep that lacks
   most series, so each "plot what exists" path runs.
 
@@ -12,7 +12,7 @@ python3``), two at a time, once per module; each test then checks one output.
 
 Each figure also writes the points it draws (``<figure>.csv``); the ``test_fig*_draws``
 tests recompute those points from the full sweep's tables here, independently of the
-notebooks and of :mod:`bls_dlrm.plotting`, so a notebook that draws a placeholder, the
+notebooks and of :mod:`bls_dlrm.figures`, so a notebook that draws a placeholder, the
 wrong workload or the wrong column fails.
 """
 
@@ -168,7 +168,7 @@ def _full_tables(out: Path) -> None:
 
 
 def _fixture_tables(out: Path) -> None:
-    from bls_dlrm.tables import collect
+    from bls_dlrm.analysis.tables import collect
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the stored killed run is skipped
@@ -305,7 +305,7 @@ def _protocol():
 
 
 def _interval(num, den):
-    from bls_dlrm.stats import ratio_ci
+    from bls_dlrm.analysis.stats import ratio_ci
 
     stats = _protocol().get("statistics", {})
     kwargs = {"confidence": stats.get("confidence", 0.95), "seed": stats.get("seed", 0)}
@@ -430,7 +430,7 @@ def test_fig7_draws_simulated_against_measured_and_the_scale_out(executed, full_
     balanced runs (the made-up tables have no phase times, so the exchange is free), the
     best synchronous run's work simulated at L = 0 and at each BLS L, against the measured
     throughput ratio. Scale-out rows recomputed from the same inputs."""
-    from bls_dlrm import simulate as sim
+    from bls_dlrm.analysis import simulate as sim
     from bls_dlrm.delays import DelaySpec
 
     folder, runs = full_tables
@@ -533,7 +533,7 @@ def test_plain_log_ticks_are_readable():
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
-    from bls_dlrm.plotting import plain_log_ticks, plain_number, set_plain_log_axis
+    from bls_dlrm.figures import plain_log_ticks, plain_number, set_plain_log_axis
 
     assert plain_log_ticks(5, 300) == [10.0, 30.0, 100.0, 300.0]
     assert plain_log_ticks(1, 1000) == [1.0, 10.0, 100.0, 1000.0]
@@ -551,7 +551,7 @@ def test_plain_log_ticks_are_readable():
 
 
 def test_stress_scenario_and_placement_labels():
-    from bls_dlrm.plotting import annotate_runs
+    from bls_dlrm.figures import annotate_runs
 
     runs = pd.DataFrame(
         {
@@ -648,9 +648,9 @@ def _serving_reports() -> dict[tuple[str, int], dict]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """fig6_serving executed on three table folders: ``full`` (the made-up serving sweep,
-    via bls_dlrm.serving.sweep_tables), ``empty`` (the same columns, no rows) and
+    via bls_dlrm.run.serving.sweep_tables), ``empty`` (the same columns, no rows) and
     ``missing`` (no serving tables at all): {case: (process, tables, figures)}."""
-    from bls_dlrm.serving import sweep_tables
+    from bls_dlrm.run.serving import sweep_tables
 
     base = tmp_path_factory.mktemp("serving")
     tables = {case: base / case / "tables" for case in ("full", "empty", "missing")}

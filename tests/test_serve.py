@@ -23,9 +23,9 @@ import yaml
 from conftest import MPIRun
 
 from bls_dlrm.data import generate_synthetic
-from bls_dlrm.infer import Series
-from bls_dlrm.records import RunLog, read_run
-from bls_dlrm.serving import QuerySizes, ServeSpec, schedule
+from bls_dlrm.logs.records import RunLog, read_run
+from bls_dlrm.run.infer import Series
+from bls_dlrm.run.serving import QuerySizes, ServeSpec, schedule
 
 EXE = str(Path(sys.executable).parent / "bls-dlrm")
 RANKS = 2
@@ -387,7 +387,7 @@ def test_find_capacity_writes_a_search_per_series(dataset, tmp_path, mpirun):
     ],
 )
 def test_bad_serve_config_fails_before_mpi(sets, pattern, dataset, tmp_path, capsys):
-    from bls_dlrm import serve
+    from bls_dlrm.run import serve
 
     serve_cfg = {"rates": [100.0], "sizes": {"kind": "constant", "samples": 8}, "max_batch": 32}
     config = _write_config(tmp_path / "run.yaml", dataset, ["gloo"], serve_cfg)
@@ -423,7 +423,7 @@ def test_cli_rejects_bad_serve_config_with_exit_2_without_mpi(dataset, tmp_path)
 
 
 def test_rate_and_loads_flags_exclude_each_other(tmp_path):
-    from bls_dlrm import serve
+    from bls_dlrm.run import serve
 
     args = serve.build_parser().parse_args(
         ["--out", str(tmp_path / "x"), "--set", "dataset=/x", "--rate", "100", "--loads", "0.5"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bls_dlrm.serving import (
+from bls_dlrm.run.serving import (
     QuerySizes,
     Schedule,
     ServeSpec,
@@ -185,7 +185,7 @@ def test_summary_reports_percentiles_of_measured_queries_only():
 
 
 def test_serve_help_documents_every_key():
-    from bls_dlrm.serve import CapacitySearch, ServeConfig, build_parser
+    from bls_dlrm.run.serve import CapacitySearch, ServeConfig, build_parser
 
     text = build_parser().format_help()
     for name in [*ServeConfig.__dataclass_fields__, *CapacitySearch.__dataclass_fields__]:
@@ -198,7 +198,7 @@ def test_an_idle_pipeline_still_calls_into_its_group():
     """With nothing pending, progress() asks the last finished Work (every call into a
     "bls" group moves its messages): the rank's own sends leave while it waits for the
     next batch to close, instead of holding its peers back."""
-    from bls_dlrm.infer import _Pipeline
+    from bls_dlrm.run.infer import _Pipeline
 
     class Work:
         calls = 0
@@ -219,7 +219,7 @@ def test_an_idle_pipeline_still_calls_into_its_group():
 def test_timed_loops_run_without_automatic_garbage_collection():
     import gc
 
-    from bls_dlrm.infer import gc_paused
+    from bls_dlrm.run.infer import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

@@ -1,4 +1,4 @@
-"""The simulation with a measured exchange cost (bls_dlrm.simulate).
+"""The simulation with a measured exchange cost (bls_dlrm.analysis.simulate).
 
 Checked: a free exchange is the theory's ideal recurrence bit for bit; a 2-rank case worked
 by hand; the cost fit recovers known terms and leaves unidentifiable ones at 0; the
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bls_dlrm import simulate as sim
 from bls_dlrm import theory
+from bls_dlrm.analysis import simulate as sim
 from bls_dlrm.delays import DelaySpec
 
 
@@ -247,8 +247,8 @@ def _prediction_check(runs, its):
     import copy
     from pathlib import Path
 
-    from bls_dlrm import claims
-    from bls_dlrm import plotting as bp
+    from bls_dlrm import figures as bf
+    from bls_dlrm.analysis import claims
 
     root = Path(__file__).resolve().parents[1]
     protocol = copy.deepcopy(claims.load_protocol(root / "config" / "protocol.yaml"))
@@ -258,13 +258,13 @@ def _prediction_check(runs, its):
     entry["lag_bounds"] = [2, 8]  # the made-up sweep's
     entry["workloads"] = ["rotating"]  # out of sample, as the protocol's
     protocol["checks"] = [entry]
-    runs = claims.attach_predictions(bp.annotate_runs(runs), its, protocol)
+    runs = claims.attach_predictions(bf.annotate_runs(runs), its, protocol)
     (check,) = claims.evaluate_checks(runs, protocol=protocol)
     return check, runs
 
 
 def test_claims_check_judges_the_prediction_error():
-    from bls_dlrm import claims
+    from bls_dlrm.analysis import claims
 
     runs, its = _made_up_sweep()
     check, with_pred = _prediction_check(runs, its)

@@ -1,4 +1,4 @@
-"""Bootstrap intervals of ratios and verdicts by interval (bls_dlrm.stats)."""
+"""Bootstrap intervals of ratios and verdicts by interval (bls_dlrm.analysis.stats)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bls_dlrm import stats as st
-from bls_dlrm.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ratio_ci, verdict
+from bls_dlrm.analysis import stats as st
+from bls_dlrm.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ratio_ci, verdict
 
 NUM = [105.0, 104.0, 107.0, 103.0, 106.0]
 DEN = [100.0, 101.0, 99.0, 100.0, 100.5]

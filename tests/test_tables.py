@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bls_dlrm import tables
-from bls_dlrm.records import (
+from bls_dlrm.analysis import tables
+from bls_dlrm.logs.records import (
     Header,
     IncompleteRunError,
     Iteration,

@@ -39,8 +39,8 @@ _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "MPI_LOCALNRANKS")
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from .data import generate_synthetic
-    from .model import get_config
+    from bls_dlrm.data import generate_synthetic
+    from bls_dlrm.model import get_config
 
     overrides = {"seed": args.model_seed}
     if args.max_rows is not None:
@@ -81,8 +81,8 @@ def _per_table(text: str) -> dict[int, dict]:
 
 
 def _criteo(args: argparse.Namespace) -> int:
-    from .data import fetch, preprocess_criteo
-    from .data.criteo import prepare_source
+    from bls_dlrm.data import fetch, preprocess_criteo
+    from bls_dlrm.data.criteo import prepare_source
 
     src = Path(args.source)
     if args.record is not None:  # verified once, then trusted while the file is unchanged
@@ -117,7 +117,7 @@ def _criteo(args: argparse.Namespace) -> int:
 
 
 def _bench_model(args: argparse.Namespace) -> int:
-    from .bench_model import bench_single_process
+    from bls_dlrm.harness.bench_model import bench_single_process
 
     for pooling in args.pooling:
         result = bench_single_process(
@@ -130,8 +130,8 @@ def _bench_model(args: argparse.Namespace) -> int:
 def _ideal(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import theory
-    from .delays import DelaySpec
+    from bls_dlrm import theory
+    from bls_dlrm.delays import DelaySpec
 
     spec = DelaySpec.from_dict(
         {"kind": args.schedule, "size_s": args.delay_factor * args.work_s, "seed": args.seed}
@@ -215,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_criteo)
 
-    from . import infer
+    from bls_dlrm.run import infer
 
     p = sub.add_parser("infer", help="one distributed inference run (under mpiexec)")
     infer.build_parser(p)
     p.set_defaults(func=lambda a: infer.main(args=a))
 
-    from . import serve
+    from bls_dlrm.run import serve
 
     p = sub.add_parser(
         "serve", help="query latency under offered load, capacity at a latency SLO (mpiexec)"
@@ -237,13 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=None)
 
     p = sub.add_parser("bench-a2a", help="alltoallv benchmark: gloo vs mpi vs bls")
-    from . import bench_a2a
+    from bls_dlrm.harness import bench_a2a
 
     bench_a2a.build_parser(p)
     p.set_defaults(func=bench_a2a.run)
 
     p = sub.add_parser("bench-hosts", help="DLRM launches on one host vs namespace hosts")
-    from . import bench_hosts
+    from bls_dlrm.harness import bench_hosts
 
     bench_hosts.build_parser(p)
     p.set_defaults(func=bench_hosts.run)
@@ -273,15 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tables"]:  # its own parser, so its --help is complete
-        from .tables import main_tables
+        from bls_dlrm.analysis.tables import main_tables
 
         return main_tables(argv[1:])
     if argv[:1] == ["serve-tables"]:
-        from .serving import main_tables as serve_tables
+        from bls_dlrm.run.serving import main_tables as serve_tables
 
         return serve_tables(argv[1:])
     if argv[:1] == ["mpiexec"]:  # every argument is mpiexec's
-        from .launch import exec_mpiexec
+        from bls_dlrm.launch import exec_mpiexec
 
         try:
             exec_mpiexec(argv[1:])

@@ -96,7 +96,7 @@ def timeline(
     of ``work``; ``complete[i]`` is when exchange ``i`` completes, the last post of
     iteration ``i`` plus ``exchange_s``. A rank's iteration costs its work plus
     ``overhead_s``. With both costs 0 (the ideal) it is this module's free exchange;
-    :mod:`bls_dlrm.simulate` charges them. One vectorised step per iteration (O(N*P)) on
+    :mod:`bls_dlrm.analysis.simulate` charges them. One vectorised step per iteration (O(N*P)) on
     the transposed matrices, whose rows (iterations) are contiguous.
     """
     ranks, iterations = work.shape

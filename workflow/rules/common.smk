@@ -246,7 +246,7 @@ MODELS, SCENARIOS = _check_config(config, MODEL_CONFIGS)
 #
 # A launch is one workload (scenario x ranks x model x seed) and one repetition: it runs
 # every series (gloo, mpi, bls at each lag bound) in one `mpiexec`, in an order shuffled by
-# `shuffle_seed + rep` (bls_dlrm.infer), so the series of a repetition share the machine's
+# `shuffle_seed + rep` (bls_dlrm.run.infer), so the series of a repetition share the machine's
 # state and repetitions interleave. Each series writes its own run folder below the
 # launch's: .../rep~R/<series label>/rank{r}.jsonl.
 
@@ -263,7 +263,7 @@ def series_specs(cfg):
 
 
 def series_label(spec):
-    """The run folder of a series: 'gloo', 'mpi', 'bls-L4' (as bls_dlrm.infer names it)."""
+    """The run folder of a series: 'gloo', 'mpi', 'bls-L4' (as bls_dlrm.run.infer names it)."""
     name, _, lag = spec.partition(":")
     return f"bls-L{lag}" if name == "bls" else name
 
@@ -438,7 +438,7 @@ def run_dataset_manifest(wildcards):
 
 
 def run_config(wildcards):
-    """The resolved `bls-dlrm infer` config of one launch (keys of bls_dlrm.infer.RunConfig)."""
+    """The resolved `bls-dlrm infer` config of one launch (keys of bls_dlrm.run.infer.RunConfig)."""
     axes = _axes(wildcards)
     scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
     delay = resolved_delay(scenario, model, axes["seed"])

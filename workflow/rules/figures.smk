@@ -6,7 +6,7 @@
 # 95% intervals, ideal bounds), so they can be checked or re-plotted without the tables.
 #
 # Plotting is cheap and separate from the runs: changing a notebook or the palette
-# (src/bls_dlrm/plotting.py) redraws the figures and never reruns an experiment.
+# (src/bls_dlrm/figures/) redraws the figures and never reruns an experiment.
 #
 # Config (optional; the rules work without it):
 #   figures:
@@ -26,22 +26,17 @@ FIG_NOTEBOOK_DIR = "notebooks"
 FIG_EXECUTED_DIR = "results/notebooks"
 FIG_LOG_DIR = "results/logs/figures"
 FIG_FORMATS = ("pdf", "png")
-# What every figure depends on besides its notebook: the palette/loading/caption helpers,
-# the claims module and its protocol (thresholds, judged lag bound, interval settings),
-# the bootstrap intervals, and the simulation (fig7 and the claims' prediction check).
-FIG_HELPERS = tuple(
-    path
-    for path in (
-        "src/bls_dlrm/plotting.py",
-        "src/bls_dlrm/claims.py",
-        "src/bls_dlrm/stats.py",
-        "src/bls_dlrm/simulate.py",
-        "config/protocol.yaml",
-    )
-    if Path(path).exists()
+# What every figure depends on besides its notebook: the analysis code (workloads, the one
+# comparison, intervals, the protocol's reader, the simulation), the figures' style and
+# captions, and the protocol itself (thresholds, judged lag bound, interval settings).
+FIG_HELPERS = (
+    *sorted(str(p) for p in Path("src/bls_dlrm/analysis").glob("*.py")),
+    *sorted(str(p) for p in Path("src/bls_dlrm/figures").glob("*.py")),
+    "src/bls_dlrm/series.py",
+    "src/bls_dlrm/paths.py",
+    "config/protocol.yaml",
 )
 
-#: Figure (= notebook) name -> the tables it reads.
 FIGURES = {
     "fig1_throughput_vs_delay": ("runs",),
     "fig2_latency": ("runs", "per_iteration"),

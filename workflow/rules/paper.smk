@@ -2,7 +2,8 @@
 #
 # `claims` writes results/claims.md (each claim of the abstract, the figure and command
 # that test it, the measured number and a verdict, the machine) and paper/macros.tex (one
-# \newcommand per number in the paper), both from src/bls_dlrm/claims.py. They are part of
+# \newcommand per number in the paper), both from
+# src/bls_dlrm/analysis/claims.py. They are part of
 # the default target. The PDF is not: it needs a LaTeX installation (see paper/README.md)
 # and is built only on request:
 #
@@ -28,8 +29,7 @@ rule claims:
         per_iteration=f"{PAPER_TABLES_DIR}/per_iteration.parquet",
         iterations=f"{PAPER_TABLES_DIR}/iterations.parquet",  # the simulation's check
         serving=list(SERVING_TABLES.values()) if SERVING else [],
-        code="src/bls_dlrm/claims.py",
-        simulation="src/bls_dlrm/simulate.py",
+        code=sorted(str(p) for p in Path("src/bls_dlrm/analysis").glob("*.py")),
         protocol="config/protocol.yaml",
         protocol_schema="workflow/schemas/protocol.schema.yaml",
     output:
@@ -44,7 +44,7 @@ rule claims:
     message:
         "Claims of the paper vs the measurements -> {output.claims}, {output.macros}"
     shell:
-        '{params.python:q} -m bls_dlrm.claims --tables "$(dirname {input.runs:q})"'
+        '{params.python:q} -m bls_dlrm.analysis.claims --tables "$(dirname {input.runs:q})"'
         " --protocol {input.protocol:q} --out {output.claims:q} --macros {output.macros:q}"
         " > {log:q} 2>&1"
 

@@ -1,5 +1,5 @@
 # Serving sweep (config section `serving`; absent: no serving runs): query latency under an
-# offered load, `bls-dlrm serve` in open loop (src/bls_dlrm/serve.py).
+# offered load, `bls-dlrm serve` in open loop (src/bls_dlrm/run/serve.py).
 #
 # One launch per serving workload and repetition, results/serving/scenario~S/rep~R/:
 # calibration of the synchronous candidates (the highest closed-loop capacity is the

@@ -1,7 +1,7 @@
 """DLRM inference: configurations, deterministic weights, sharded parts, placement plans.
 
 Nothing here knows of MPI or ``torch.distributed``: the parts are plain modules that the
-distributed loop (``bls_dlrm.infer``) calls in its own order, and ``DLRM`` composes them in
+distributed loop (``bls_dlrm.run.infer``) calls in its own order, and ``DLRM`` composes them in
 one process as the oracle. See ``dlrm`` for what is bit-identical to the oracle and what
 only to float tolerance.
 """

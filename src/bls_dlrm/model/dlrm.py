@@ -1,6 +1,6 @@
 """DLRM for inference, split into the parts a model-parallel loop runs separately.
 
-The distributed loop (``bls_dlrm.infer``) runs, per rank and iteration: ``EmbeddingShard``
+The distributed loop (``bls_dlrm.run.infer``) runs, per rank and iteration: ``EmbeddingShard``
 lookups of the rank's tables for the *global* batch; the alltoallv, which hands each rank
 its batch slice of every table; ``DenseModel.bottom`` on its slice of the dense features;
 ``DenseModel.top`` (interaction + top MLP) on the slice. ``DLRM`` composes the same parts in

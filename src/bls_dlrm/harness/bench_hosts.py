@@ -3,7 +3,7 @@
 Each launch runs every series (gloo, mpi, bls at each lag bound, in the protocol's
 shuffled order) of one workload and repetition, as the workflow's launches do, twice: once
 with all ranks on this host (shared memory between them) and once spread over ``--hosts``
-namespace hosts of :mod:`bls_dlrm.hosts` (TCP over a private bridge between hosts). The
+namespace hosts of :mod:`bls_dlrm.harness.hosts` (TCP over a private bridge between hosts). The
 two placements alternate in an order shuffled per repetition, so drift of the machine hits
 both alike. Each rank is pinned to core ``rank % cores`` in both placements (every
 namespace host sees all of the machine's cores, and MPICH's ``-bind-to core`` would pin
@@ -15,7 +15,7 @@ and the summary gives, per workload and series:
 
 * the median throughput (samples/s) on one host and on the hosts, and their ratio;
 * per BLS series, the median speedup over the best synchronous series and the speedup the
-  simulation (:mod:`bls_dlrm.simulate`, exchange cost fitted on each placement's own
+  simulation (:mod:`bls_dlrm.analysis.simulate`, exchange cost fitted on each placement's own
   synchronous runs, overheads calibrated on ``balanced``) predicts for it, and the error.
 
 Needs root (network namespaces): ``bls-dlrm bench-hosts --out results/bench-hosts``.
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .delays import resolve_factor
+from bls_dlrm.delays import resolve_factor
 
 #: Delay schedules as in config/config.yaml (sizes are multiples of the work per iteration).
 SCENARIOS: dict[str, dict] = {
@@ -99,8 +99,8 @@ def run_config(args, dataset: Path, scenario: str, rep: int) -> dict:
 
 
 def _dataset(args) -> Path:
-    from .data import generate_synthetic
-    from .model import get_config
+    from bls_dlrm.data import generate_synthetic
+    from bls_dlrm.model import get_config
 
     config = get_config(args.model, seed=args.seed, max_rows=args.max_rows)
     out = args.out / "data" / f"{args.model}-{args.max_rows}_b{args.batch_size}_seed{args.seed}"
@@ -110,8 +110,8 @@ def _dataset(args) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .hosts import NetnsHosts
-    from .launch import run_mpi
+    from bls_dlrm.harness.hosts import NetnsHosts
+    from bls_dlrm.launch import run_mpi
 
     scenarios = _scenarios(args.scenarios)
     if args.hosts < 2:
@@ -166,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
 def summarize(out: Path, placements: list[str]) -> pd.DataFrame:
     """One row per workload and series: throughput per placement, their ratio, and per BLS
     series the measured and simulated speedups over the best synchronous series."""
-    from . import simulate
-    from .plotting import annotate_runs
-    from .tables import collect
+    from bls_dlrm.analysis import simulate
+    from bls_dlrm.analysis.tables import collect
+    from bls_dlrm.analysis.workloads import annotate_runs
 
     rows = []
     for placement in placements:

@@ -14,8 +14,8 @@ first iteration and right after its last, how far every rank's clock is from ran
   readings of rank 0, so the true offset lies within ``offset +- rtt / 2``;
 - rank 0 sends each rank its result; rank 0's own is ``(0, 0)``.
 
-The result is a :class:`~bls_dlrm.records.ClockSync` that the run logs in its header (start)
-and footer (end); :mod:`bls_dlrm.tables` uses both to put every rank's times on rank 0's
+The result is a :class:`~bls_dlrm.logs.records.ClockSync` that the run logs in its header (start)
+and footer (end); :mod:`bls_dlrm.analysis.tables` uses both to put every rank's times on rank 0's
 clock. Wall clocks play no part.
 
 Cost: ``ROUND_TRIPS`` round trips per rank, one rank after the other, plus a barrier. A
@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bls_dlrm.records import ClockSync
+from bls_dlrm.logs.records import ClockSync
 
 __all__ = ["ROUND_TRIPS", "estimate_offset", "measure"]
 

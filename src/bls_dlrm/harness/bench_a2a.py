@@ -119,18 +119,18 @@ def _make_engine(spec: CollectiveSpec):
     """The engine-API collective (post/trim/drain) and the torch module if gloo needs it."""
     from mpi4py import MPI
 
-    from .comm import make_collective
-    from .comm.engine import BLSAlltoallv
+    from bls_dlrm.comm import make_collective
+    from bls_dlrm.comm.engine import BLSAlltoallv
 
     if spec.name == "gloo":
         import torch.distributed as dist
 
-        from .comm import init_torch
+        from bls_dlrm.comm import init_torch
 
         init_torch("gloo")
         return make_collective("gloo", keep_history=True), dist
     if spec.name == "bls":
-        from .comm.engine import Backoff
+        from bls_dlrm.comm.engine import Backoff
 
         backoff = None if spec.wait == "mpi" else Backoff.preset(spec.wait)
         coll = BLSAlltoallv(
@@ -148,7 +148,7 @@ def _init_torch_group(spec: CollectiveSpec):
     """``dist.init_process_group`` with the backend of ``spec`` (``--api torch``)."""
     import torch.distributed as dist
 
-    from .comm import BLSOptions
+    from bls_dlrm.comm import BLSOptions
 
     if spec.name == "bls":
         options = BLSOptions(lag_bound=spec.lag_bound, transport=spec.transport)
@@ -281,7 +281,7 @@ def _schedule_engine(coll, comm, send, d, args, rank: int):
     """work -> post -> trim; returns (elapsed, time waiting, max lag, work per iteration)."""
     import time
 
-    from .delays import cpu_work, inject
+    from bls_dlrm.delays import cpu_work, inject
 
     work_fn = inject if args.work == "sleep" else cpu_work
     work = np.empty(args.iters)
@@ -310,7 +310,7 @@ def _schedule_torch(dist, lag: int, comm, send, d, args, rank: int):
 
     import torch
 
-    from .delays import cpu_work, inject
+    from bls_dlrm.delays import cpu_work, inject
 
     work_fn = inject if args.work == "sleep" else cpu_work
     outs = [torch.empty_like(send) for _ in range(lag + 1)]  # one per Work in flight
@@ -379,7 +379,7 @@ def _worker(args: argparse.Namespace) -> None:
                     }
                 )
     else:
-        from .delays import DelaySpec
+        from bls_dlrm.delays import DelaySpec
 
         delay = DelaySpec.from_dict(
             {"kind": args.schedule, "size_s": args.delay_factor * args.work_s, "seed": args.seed}
@@ -397,7 +397,7 @@ def _worker(args: argparse.Namespace) -> None:
         comm.Gather(work, works, root=0)
         elapsed_all = comm.gather((elapsed, waited, max_lag), root=0)
         if rank == 0:
-            from . import theory
+            from bls_dlrm import theory
 
             lags = [g for _, _, g in elapsed_all if g is not None]
             out.append(
@@ -442,7 +442,7 @@ def _jobs(specs: list[CollectiveSpec], apis: list[str]) -> list[tuple[Collective
 
 
 def _run_one(spec: CollectiveSpec, api: str, args: argparse.Namespace, out: Path) -> list[dict]:
-    from .launch import run_mpi
+    from bls_dlrm.launch import run_mpi
 
     # The worker is `bls-dlrm bench-a2a --worker`: it parses the driver's own options, and an
     # error on any rank ends the whole launch (bls_dlrm.cli).
@@ -616,8 +616,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bls_dlrm.bench_a2a ...``: the same as ``bls-dlrm bench-a2a ...``."""
-    from .cli import main as cli_main
+    """``python -m bls_dlrm.harness.bench_a2a ...``: the same as ``bls-dlrm bench-a2a ...``."""
+    from bls_dlrm.cli import main as cli_main
 
     argv = sys.argv[1:] if argv is None else argv
     return cli_main(["bench-a2a", *argv])

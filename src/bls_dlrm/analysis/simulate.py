@@ -279,7 +279,7 @@ def _model_configs():
     name = "bls_dlrm.model.config"
     module = sys.modules.get(name)
     if module is None:
-        path = Path(__file__).with_name("model") / "config.py"
+        path = Path(__file__).parents[1] / "model" / "config.py"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -318,12 +318,13 @@ def bytes_per_peer(runs: pd.DataFrame) -> pd.Series:
 
 def _with_keys(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with ``workload``, ``scenario``, ``series``, ``rep`` and ``stress`` columns
-    (annotated by :func:`bls_dlrm.plotting.annotate_runs` unless they already are)."""
-    from bls_dlrm import plotting as bp
+    (annotated by :func:`bls_dlrm.analysis.workloads.annotate_runs` unless they already are)."""
+    from bls_dlrm.analysis.compare import repetition_numbers
+    from bls_dlrm.analysis.workloads import annotate_runs
 
     labelled = {"workload", "scenario", "series", "scenario_class"} <= set(runs.columns)
-    df = runs.copy() if labelled else bp.annotate_runs(runs)
-    df["rep"] = bp.repetition_numbers(df)
+    df = runs.copy() if labelled else annotate_runs(runs)
+    df["rep"] = repetition_numbers(df)
     df["stress"] = df["scenario_class"] == "stress"
     return df
 

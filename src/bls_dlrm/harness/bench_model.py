@@ -15,7 +15,7 @@ Wall-clock throughput is what the targets speak of; on a shared machine it also 
 the neighbours, so every variant is reported per CPU-second of this process as well
 (``*_per_cpu_s``), which preemption does not inflate.
 
-Run: ``python -m bls_dlrm.bench_model --pooling 1`` (prints one JSON object).
+Run: ``python -m bls_dlrm.harness.bench_model --pooling 1`` (prints one JSON object).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import BatchStore, generate_synthetic
-from .model import DLRM, SparseBatch, get_config
+from bls_dlrm.data import BatchStore, generate_synthetic
+from bls_dlrm.model import DLRM, SparseBatch, get_config
 
 __all__ = ["bench_single_process", "reference_style_forward"]
 

@@ -39,7 +39,7 @@ Warm-up iterations run the same loop but are flagged in the log and left out of 
 measure. When a run asks for more iterations than the dataset holds batches, batches are
 reused cyclically.
 
-Each rank writes ``rank{r}.jsonl`` (:mod:`bls_dlrm.records`), with a checksum of its
+Each rank writes ``rank{r}.jsonl`` (:mod:`bls_dlrm.logs.records`), with a checksum of its
 predictions per iteration: equal checksums across series are the bit-identity that the
 tests assert. The header records the series order, the rank's cores and the binding.
 """
@@ -172,7 +172,7 @@ class RunConfig:
         return [series[k] for k in rng.permutation(len(series))]
 
     def validate(self) -> None:
-        from .delays import DelaySpec
+        from bls_dlrm.delays import DelaySpec
 
         if not self.dataset:
             raise ConfigError("dataset: give the dataset directory (bls-dlrm make-data)")
@@ -219,7 +219,7 @@ class RunConfig:
             raise ConfigError(f"model: {exc}") from None
 
     def model_config(self):
-        from .model import get_config
+        from bls_dlrm.model import get_config
 
         overrides = {"seed": self.model.seed}
         if self.model.max_rows is not None:
@@ -370,7 +370,7 @@ def _new_group(series: Series, cfg: RunConfig):
 
     import torch.distributed as dist
 
-    from .comm import BLSOptions
+    from bls_dlrm.comm import BLSOptions
 
     timeout = timedelta(seconds=cfg.timeout_s)
     if series.collective == "bls":
@@ -429,10 +429,10 @@ def make_context(cfg: RunConfig, total: int) -> _Context:
     import torch
     from mpi4py import MPI
 
-    from . import records
-    from .data import BatchStore
-    from .delays import DelaySpec
-    from .model import DenseModel, EmbeddingShard, plan_shards
+    from bls_dlrm.data import BatchStore
+    from bls_dlrm.delays import DelaySpec
+    from bls_dlrm.logs import records
+    from bls_dlrm.model import DenseModel, EmbeddingShard, plan_shards
 
     torch.set_num_threads(cfg.threads)
     comm = MPI.COMM_WORLD
@@ -467,7 +467,7 @@ def open_groups(cfg: RunConfig, series: list[Series]):
 
     import torch.distributed as dist
 
-    from . import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
+    from bls_dlrm import comm as _comm  # noqa: F401  (registers the backends bls and mpisync)
 
     own_default = not dist.is_initialized()
     if own_default:
@@ -514,7 +514,7 @@ class _Pipeline:
     bottom MLP); :meth:`bound` then waits the oldest exchanges while more than ``L`` are in
     flight and finishes, without waiting, every later one that has already arrived
     (interaction, top MLP, log record). The closed loop (:func:`_run_series`) and the open
-    serving loop (:mod:`bls_dlrm.serve`) are this same pipeline fed differently.
+    serving loop (:mod:`bls_dlrm.run.serve`) are this same pipeline fed differently.
     """
 
     def __init__(self, ctx: _Context, series: Series, group, writer, preds_kept, bar) -> None:
@@ -551,7 +551,7 @@ class _Pipeline:
         import torch
         import torch.distributed as dist
 
-        from .delays import inject
+        from bls_dlrm.delays import inject
 
         ctx = self.ctx
         d = ctx.embedding_dim
@@ -606,7 +606,7 @@ class _Pipeline:
 
     def finish(self, p: _Pending, block: bool) -> None:
         """Complete ``p`` (waiting if ``block``), then its top MLP and log record."""
-        from . import records
+        from bls_dlrm.logs import records
 
         ctx = self.ctx
         t0 = time.monotonic()
@@ -680,8 +680,8 @@ def series_header(
     **extra,
 ):
     """The log header of one series on this rank (``extra``: more config keys;
-    ``clock_sync``: the offset to rank 0's clock, :func:`bls_dlrm.clocks.measure`)."""
-    from . import records
+    ``clock_sync``: the offset to rank 0's clock, :func:`bls_dlrm.logs.clocks.measure`)."""
+    from bls_dlrm.logs import records
 
     cfg = ctx.cfg
     config_dict = (
@@ -770,7 +770,7 @@ def _run_series(
     import torch
     from mpi4py import MPI
 
-    from . import clocks, records
+    from bls_dlrm.logs import clocks, records
 
     cfg, store = ctx.cfg, ctx.store
     total = cfg.warmup + cfg.iterations
@@ -807,7 +807,7 @@ def _progress(rank: int, total: int, enabled: bool | None, label: str = "infer")
 
 def keys_help() -> str:
     """The run keys with their choices and defaults (the epilog of ``infer --help``)."""
-    from .delays import DISTRIBUTIONS, KINDS, MODES
+    from bls_dlrm.delays import DISTRIBUTIONS, KINDS, MODES
 
     d = RunConfig()
 

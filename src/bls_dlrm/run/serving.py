@@ -234,8 +234,8 @@ def gather(store, start: int, stop: int):
     dataset's samples (batch-major order)."""
     import torch
 
-    from .data.store import Batch
-    from .model.sparse import SparseBatch
+    from bls_dlrm.data.store import Batch
+    from bls_dlrm.model.sparse import SparseBatch
 
     per = store.batch_size
     total = per * store.num_batches
@@ -268,10 +268,10 @@ def query_latencies(
 
     ``done[r, b]`` is when batch ``b``'s predictions were done on rank ``r`` (same clock as
     ``t_origin``, the instant arrivals are counted from). A query is done when every rank
-    holding part of it (the contiguous batch slices of :func:`bls_dlrm.infer.batch_slices`)
+    holding part of it (the contiguous batch slices of :func:`bls_dlrm.run.infer.batch_slices`)
     is done; queries arriving before ``warmup_s`` are flagged ``warmup``.
     """
-    from .infer import batch_slices
+    from bls_dlrm.run.infer import batch_slices
 
     rows_batch = np.empty(sched.num_queries, dtype=np.int64)
     done_at = np.empty(sched.num_queries, dtype=np.float64)

@@ -32,14 +32,14 @@ are missing, for a clear skip.
 
 Library::
 
-    from bls_dlrm.hosts import NetnsHosts
+    from bls_dlrm.harness.hosts import NetnsHosts
 
     with NetnsHosts(2, ranks_per_host=2, monotonic_offsets=[0, 1000]) as hosts:
         result = hosts.run(["python", "script.py"], timeout=60)  # 4 ranks on 2 hosts
         hosts.mpiexec_args          # [mpiexec, -iface, ..., -hosts, a1:2,a2:2]
         hosts.exec_on(1, ["python", "-c", "import time; print(time.monotonic())"])
 
-Command line (``python -m bls_dlrm.hosts``)::
+Command line (``python -m bls_dlrm.harness.hosts``)::
 
     up   -n 2 [--ranks-per-host 2] [--monotonic-offsets 0,1000]
          make the hosts and leave them; prints the state file and the mpiexec prefix
@@ -72,7 +72,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .launch import mpiexec_path, run_command
+from bls_dlrm.launch import mpiexec_path, run_command
 
 PREFIX = "blsh"
 DEFAULT_SUBNET = "10.213.0.0/24"
@@ -259,7 +259,7 @@ class NetnsHosts:
         self._unshare = _which("unshare") or "unshare"
         self._lock = threading.RLock()  # a signal may arrive during cleanup
         self._made = False
-        # Left up when this process exits (``python -m bls_dlrm.hosts up``): not removed by
+        # Left up when this process exits (``python -m bls_dlrm.harness.hosts up``): not removed by
         # another harness as left behind, only by ``down``.
         self.keep = False
 
@@ -588,7 +588,7 @@ def _offsets(text: str | None) -> list[int] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bls_dlrm.hosts", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bls_dlrm.harness.hosts", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("up", "run"):
         p = sub.add_parser(name)

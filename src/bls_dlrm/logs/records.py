@@ -1,7 +1,7 @@
 """Run logs: typed records, the JSON-lines writer of one rank, and the strict reader of a run.
 
 Every number in the tables and figures comes from these logs, so the format is a contract
-between the inference loop (writer) and :mod:`bls_dlrm.tables` (reader):
+between the inference loop (writer) and :mod:`bls_dlrm.analysis.tables` (reader):
 
 - one file per rank and run, ``<run_dir>/rank{r}.jsonl``, one JSON object per line;
 - first line a :class:`Header` (``"record": "header"``, ``"schema": 1``), then one
@@ -11,7 +11,7 @@ between the inference loop (writer) and :mod:`bls_dlrm.tables` (reader):
 - times are seconds from ``time.monotonic()``: one clock per host, shared by the ranks of a
   host, so times of ranks on one host can be compared directly. To compare hosts, each
   rank's offset to rank 0's clock is measured through MPI at the start and at the end of a
-  run (:mod:`bls_dlrm.clocks`) and logged in the header and the footer
+  run (:mod:`bls_dlrm.logs.clocks`) and logged in the header and the footer
   (``clock_offset_s``, ``clock_error_s``, ``clock_sync_t``); the wall-clock
   ``started_utc`` is provenance only.
 
@@ -234,7 +234,7 @@ class Header(msgspec.Struct, tag_field="record", tag="header"):
         ``started_utc`` describe the same instant. Pass ``git_rev=None`` to record that the
         revision is unknown without asking git; the default ``"auto"`` asks git.
         ``clock_sync`` is the offset to rank 0's clock measured right before the run
-        (:func:`bls_dlrm.clocks.measure`).
+        (:func:`bls_dlrm.logs.clocks.measure`).
         """
         t0 = time.monotonic()
         started = datetime.now(UTC).isoformat()

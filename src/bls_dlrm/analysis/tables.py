@@ -59,7 +59,7 @@ keys such as ``warmup`` or ``iterations`` from colliding with measured columns.
 Times are seconds, all on rank 0's monotonic clock. Ranks of rank 0's host read that clock
 (offset 0, error 0), so on one host cross-rank quantities (makespan, spreads) are exact.
 The times of a rank on another host are moved onto it with the offsets measured through MPI
-ping-pong right before and right after the run (:mod:`bls_dlrm.clocks`; header and footer
+ping-pong right before and right after the run (:mod:`bls_dlrm.logs.clocks`; header and footer
 of each log): each host takes, at either end, the measurement of its ranks with the
 smallest error bound, and the offset of an iteration is interpolated linearly between the
 two in that host's own time at the iteration's ``t_start`` (so a drift between the clocks
@@ -90,7 +90,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bls_dlrm.records import (
+from bls_dlrm.logs.records import (
     ClockSync,
     IncompleteRunError,
     RunLog,
@@ -628,7 +628,7 @@ def collect(
 
     Writes ``iterations.parquet``, ``per_iteration.parquet`` and ``runs.parquet``. An
     incomplete run (a rank log missing, only ``.partial``, or without footer) is refused
-    with an :class:`~bls_dlrm.records.IncompleteRunError` naming every such run, since
+    with an :class:`~bls_dlrm.logs.records.IncompleteRunError` naming every such run, since
     tables silently missing a configuration would mislead; ``skip_incomplete`` leaves them
     out with a warning instead. Malformed logs are always an error. ``progress`` shows a
     progress bar (default: when stderr is a terminal).

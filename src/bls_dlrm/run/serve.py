@@ -3,11 +3,11 @@
 ``mpiexec -bind-to core -n P bls-dlrm serve --config run.yaml --out OUT [--rate Q | --loads
 F,F,...] [--find-capacity --slo-ms X --percentile 99]``
 
-The closed loop of :mod:`bls_dlrm.infer` starts every batch as soon as the lag bound lets
+The closed loop of :mod:`bls_dlrm.run.infer` starts every batch as soon as the lag bound lets
 it, so its per-batch latency grows with the lag bound by construction. Here batches follow
-arrivals instead (:mod:`bls_dlrm.serving`): after a synchronised start, a rank starts
+arrivals instead (:mod:`bls_dlrm.run.serving`): after a synchronised start, a rank starts
 batch ``i`` no earlier than the batch's close time, then runs the same pipeline as the
-closed loop (:class:`bls_dlrm.infer._Pipeline`: lookups, the exchange posted through
+closed loop (:class:`bls_dlrm.run.infer._Pipeline`: lookups, the exchange posted through
 ``torch.distributed``, bottom MLP, complete as the lag bound requires, top MLP). While it
 waits for a batch to close it finishes the exchanges that arrive meanwhile, so a finished
 batch's predictions never wait for the next arrival (and it keeps calling into the
@@ -40,7 +40,7 @@ query's latency is computed from times since those instants, gathered to rank 0,
 clock reading crosses ranks: hosts whose clocks differ agree to within the barrier's exit
 skew (microseconds on one host, about one network latency across hosts). The
 calibration's closed-loop makespan spans ranks, so it takes their times on rank 0's clock
-(offsets measured by :mod:`bls_dlrm.clocks`); every run logs these offsets before and after
+(offsets measured by :mod:`bls_dlrm.logs.clocks`); every run logs these offsets before and after
 it, as the closed loop does.
 """
 
@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from . import theory
-from .infer import (
+from bls_dlrm import theory
+from bls_dlrm.run.infer import (
     ConfigError,
     RunConfig,
     Series,
@@ -66,7 +66,14 @@ from .infer import (
     add_config_arguments,
     load_config,
 )
-from .serving import QuerySizes, Schedule, ServeSpec, query_latencies, schedule, summarise
+from bls_dlrm.run.serving import (
+    QuerySizes,
+    Schedule,
+    ServeSpec,
+    query_latencies,
+    schedule,
+    summarise,
+)
 
 #: Start margin: a rank's start instant lies this far after it leaves the start barrier.
 START_MARGIN_S = 0.05
@@ -207,9 +214,9 @@ def _open_loop(
     import torch
     from mpi4py import MPI
 
-    from . import clocks, records
-    from .infer import _Pipeline, gc_paused, series_header
-    from .serving import gather
+    from bls_dlrm.logs import clocks, records
+    from bls_dlrm.run.infer import _Pipeline, gc_paused, series_header
+    from bls_dlrm.run.serving import gather
 
     comm = MPI.COMM_WORLD
     n = sched.num_batches
@@ -256,7 +263,7 @@ def _open_loop(
 def _run_context(ctx, warmup: int, iterations: int, scale=None):
     """``ctx`` for a run of ``warmup + iterations`` batches: its config and the delay
     schedule of that many batches (each batch's delays times ``scale``, if given)."""
-    from .delays import DelaySpec
+    from bls_dlrm.delays import DelaySpec
 
     delays = DelaySpec.from_dict(ctx.cfg.delay).schedule(ctx.size, warmup + iterations)
     if scale is not None:
@@ -319,8 +326,8 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     """Closed-loop capacity of ``series`` on full batches (every rank gets the same)."""
     from mpi4py import MPI
 
-    from . import clocks
-    from .infer import _run_series
+    from bls_dlrm.logs import clocks
+    from bls_dlrm.run.infer import _run_series
 
     comm = MPI.COMM_WORLD
     n = cfg.calibrate_iterations
@@ -348,7 +355,7 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     """Every step of one serving launch on this rank; rank 0 returns the report."""
     from mpi4py import MPI
 
-    from .infer import make_context, open_groups
+    from bls_dlrm.run.infer import make_context, open_groups
 
     comm = MPI.COMM_WORLD
     out_dir = Path(out_dir)
@@ -568,7 +575,7 @@ def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
     run_overrides = []
     for text in args.overrides:
         if text.startswith("serve."):
-            from .infer import parse_override
+            from bls_dlrm.run.infer import parse_override
 
             keys, value = parse_override(text)
             node = serve_data

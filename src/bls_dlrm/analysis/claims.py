@@ -1,6 +1,6 @@
 """The paper's claims, judged on a sweep's tables by a protocol fixed before the runs.
 
-    python -m bls_dlrm.claims --tables results/tables --protocol config/protocol.yaml \\
+    python -m bls_dlrm.analysis.claims --tables results/tables --protocol config/protocol.yaml \\
         --out results/claims.md --macros paper/macros.tex
 
 What is judged comes only from ``config/protocol.yaml`` (validated against
@@ -17,7 +17,7 @@ name or lag bound of its own; it knows only how to compute each metric:
     for the judged BLS run's own logged per-rank work (``ideal_speedup`` of the runs table,
     :mod:`bls_dlrm.theory`): the share of the possible gain the run realised.
 ``prediction_ratio``
-    The speedup :mod:`bls_dlrm.simulate` predicts for ``bls L=<lag bound>`` over the best
+    The speedup :mod:`bls_dlrm.analysis.simulate` predicts for ``bls L=<lag bound>`` over the best
     synchronous series (from that series' logged per-rank work, per-series overheads
     calibrated on the entry's ``calibration`` workload, the exchange cost fitted on the
     sweep's synchronous runs) over the measured speedup, paired by repetition: the
@@ -26,9 +26,9 @@ name or lag bound of its own; it knows only how to compute each metric:
     Within a workload, every run (every series and repetition) has the same predictions
     checksum; with the per-iteration table, every iteration agrees across runs too.
 
-Each ratio carries a bootstrap interval over repetitions (:func:`bls_dlrm.stats.ratio_ci`,
+Each ratio carries a bootstrap interval over repetitions (:func:`bls_dlrm.analysis.stats.ratio_ci`,
 the protocol's confidence, resamples and seed) and gets a verdict from the interval
-(:func:`bls_dlrm.stats.verdict`): *supported*, *not supported*, *inconclusive*; *not
+(:func:`bls_dlrm.analysis.stats.verdict`): *supported*, *not supported*, *inconclusive*; *not
 tested here* when the sweep lacks the runs, or when the protocol says a part is judged by
 another experiment. A claim judged on several workloads or lag bounds is supported only if
 every one is, not supported if any one is not, and inconclusive otherwise. Fewer
@@ -45,7 +45,6 @@ entry's ``macro`` stem and fields ``Verdict``, ``Measured``, ``Point``, ``Low``,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
 import platform
@@ -58,18 +57,23 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 
-from bls_dlrm import plotting as bp
-from bls_dlrm import stats
+from bls_dlrm.analysis import stats
+from bls_dlrm.analysis.protocol import (
+    RATIO_METRICS,
+    SERVING_METRICS,
+    ProtocolError,
+    load_protocol,
+)
+from bls_dlrm.analysis.workloads import NO_DELAY_KINDS, annotate_runs, most_common
+from bls_dlrm.paths import PROTOCOL
+from bls_dlrm.series import series_label, series_sort_key
 
 __all__ = [
     "INCONCLUSIVE",
     "NA",
     "NOT_SUPPORTED",
     "NOT_TESTED",
-    "PROTOCOL_PATH",
-    "SCHEMA_PATH",
     "SUPPORTED",
     "Claim",
     "Judgement",
@@ -94,15 +98,9 @@ NA = "n/a"
 #: Verdicts from worst to best: a claim over several judgements takes the worst present.
 _RANK = {NOT_SUPPORTED: 0, INCONCLUSIVE: 1, NOT_TESTED: 2, SUPPORTED: 3}
 
-_ROOT = Path(__file__).resolve().parents[2]
-PROTOCOL_PATH = Path("config/protocol.yaml")
-SCHEMA_PATH = Path("workflow/schemas/protocol.schema.yaml")
 
 FIGURE_COMMAND = "snakemake --cores 2 figures/{name}.pdf"
 CLAIMS_COMMAND = "snakemake --cores 2 results/claims.md"
-RATIO_METRICS = ("throughput_ratio", "ideal_fraction", "prediction_ratio")
-#: Metrics of the serving sweep (serving.parquet, capacity.parquet: bls_dlrm.serving).
-SERVING_METRICS = ("capacity_ratio", "p99_gain")
 #: The role of a serving launch's synchronous series in the serving tables.
 SYNC_ROLE = "sync"
 #: Columns that number repetitions, in order of preference.
@@ -111,94 +109,6 @@ REPETITION_COLUMNS = ("config.repetition", "config.tags.rep", "repetition")
 
 # --------------------------------------------------------------------------------------
 # The protocol
-
-
-class ProtocolError(ValueError):
-    """The protocol file is missing, unreadable or breaks its schema (message names the key)."""
-
-
-def _resolve(path: Path) -> Path:
-    """``path`` as given if it exists (relative to the working directory), else under the
-    project holding this package (an editable install's checkout)."""
-    if path.is_absolute() or path.exists():
-        return path
-    return _ROOT / path
-
-
-def _key_path(parts: Sequence[Any]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def load_protocol(
-    path: str | os.PathLike[str] | None = None, schema: str | os.PathLike[str] | None = None
-) -> dict[str, Any]:
-    """Read and validate the protocol; :class:`ProtocolError` names the file and key.
-
-    The result carries two extra keys: ``_path`` (the file) and ``_sha256`` (its digest,
-    quoted in the claims table so a changed protocol is visible).
-    """
-    import jsonschema
-
-    p = _resolve(Path(path) if path is not None else PROTOCOL_PATH)
-    s = _resolve(Path(schema) if schema is not None else SCHEMA_PATH)
-    try:
-        raw = p.read_bytes()
-        data = yaml.safe_load(raw)
-    except OSError as exc:
-        raise ProtocolError(f"{p}: cannot read the protocol: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ProtocolError(f"{p}: not valid YAML: {exc}") from exc
-    try:
-        schema_doc = yaml.safe_load(s.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProtocolError(f"{s}: cannot read the protocol schema: {exc}") from exc
-    validator = jsonschema.Draft202012Validator(schema_doc)
-    errors = list(validator.iter_errors(data))
-    if errors:
-        # The deepest key is the most specific one to name (an unknown op, not "its parent
-        # then lacks a value").
-        depth = max(len(e.absolute_path) for e in errors)
-        err = jsonschema.exceptions.best_match(e for e in errors if len(e.absolute_path) == depth)
-        raise ProtocolError(f"{p}: {_key_path(list(err.absolute_path))}: {err.message}")
-    stress = set(data.get("stress_workloads") or ())
-    for group in ("claims", "checks"):
-        for i, entry in enumerate(data.get(group) or ()):
-            names = entry.get("workloads")
-            timed = (*RATIO_METRICS, *SERVING_METRICS)
-            if entry.get("metric") in timed and isinstance(names, list):
-                bad = sorted(stress & set(names))
-                if bad:
-                    raise ProtocolError(
-                        f"{p}: {group}[{i}].workloads: {bad} are stress_workloads, "
-                        "which no timing claim or check may be judged on"
-                    )
-    macros = [e["macro"] for g in ("claims", "checks") for e in data.get(g) or ()]
-    dup = sorted({m for m in macros if macros.count(m) > 1})
-    if dup:
-        raise ProtocolError(f"{p}: macro stems must be unique, repeated: {dup}")
-    data["_path"] = str(p)
-    data["_sha256"] = hashlib.sha256(raw).hexdigest()
-    return data
-
-
-def __getattr__(name: str) -> Any:
-    """Thresholds the figures draw, read from the protocol (nothing is a constant here)."""
-    if name == "BALANCED_TOLERANCE":  # half-width of claim (a)'s band around 1
-        thr = _entry(load_protocol(), "a")["threshold"]
-        return round(max(1 - float(thr["low"]), float(thr["high"]) - 1), 12)
-    if name == "SPEEDUP_CLAIM":  # claim (d)'s threshold
-        return float(_entry(load_protocol(), "d")["threshold"]["value"])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _entry(protocol: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    for entry in protocol["claims"]:
-        if entry["key"] == key and "threshold" in entry:
-            return entry
-    raise KeyError(f"no claim {key!r} with a threshold in the protocol")
 
 
 # --------------------------------------------------------------------------------------
@@ -273,7 +183,7 @@ def combine(verdicts: Sequence[str]) -> str:
 
 
 def _annotated(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs if "workload" in runs.columns or runs.empty else bp.annotate_runs(runs)
+    return runs if "workload" in runs.columns or runs.empty else annotate_runs(runs)
 
 
 #: The columns judging reads (the rest of a wide runs table only slows selection down).
@@ -348,7 +258,7 @@ def _judge_ratio(
     protocol: Mapping[str, Any],
 ) -> Judgement:
     st = protocol["statistics"]
-    series = bp.series_label("bls", lag)
+    series = series_label("bls", lag)
     df = runs[runs["workload"] == workload] if not runs.empty else runs
     empty = Judgement(workload, series, NA, 0, math.nan, math.nan, math.nan, NOT_TESTED)
     if df.empty:
@@ -437,9 +347,9 @@ def attach_predictions(
     runs: pd.DataFrame, iterations: pd.DataFrame | None, protocol: Mapping[str, Any]
 ) -> pd.DataFrame:
     """``runs`` with ``predicted_speedup`` on each BLS run the protocol's
-    ``prediction_ratio`` entries judge (:func:`bls_dlrm.simulate.validation_table`, one
+    ``prediction_ratio`` entries judge (:func:`bls_dlrm.analysis.simulate.validation_table`, one
     calibration per entry's ``calibration`` workload); unchanged if none or no iterations."""
-    from bls_dlrm import simulate
+    from bls_dlrm.analysis import simulate
 
     entries = [
         e
@@ -511,7 +421,7 @@ def _judge_serving(
     ``load`` (matched within the protocol's rtol), sync / BLS.
     """
     st = protocol["statistics"]
-    series = bp.series_label("bls", lag)
+    series = series_label("bls", lag)
     empty = Judgement(workload, series, SYNC_ROLE, 0, math.nan, math.nan, math.nan, NOT_TESTED)
     metric = entry["metric"]
     table = (serving or {}).get("capacity" if metric == "capacity_ratio" else "serving")
@@ -878,7 +788,7 @@ def _cores() -> str:
 def _most_common_text(runs: pd.DataFrame, column: str) -> str:
     if column not in runs.columns:
         return NA
-    value = bp.most_common(runs[column])
+    value = most_common(runs[column])
     return NA if value is None else str(value)
 
 
@@ -930,7 +840,7 @@ def sweep_info(runs: pd.DataFrame) -> dict[str, str]:
     if runs.empty:
         return dict.fromkeys(_SWEEP_KEYS, NA)
     lags = sorted({int(v) for v in runs.loc[runs["collective"] == "bls", "lag_bound"].dropna()})
-    series = sorted(runs["series"].unique(), key=bp.series_sort_key)
+    series = sorted(runs["series"].unique(), key=series_sort_key)
     reps = runs.groupby(["workload", "series"])["run_id"].count()
     samples_per_it = (runs["samples"] / runs["measured_iterations"]).dropna()
     delays = sorted({round(v, 3) for v in runs["delay_ms"].dropna() if v > 0})
@@ -1041,7 +951,7 @@ def workload_table(runs: pd.DataFrame) -> pd.DataFrame:
             "workload": w,
             "class": df["scenario_class"].iloc[0] if "scenario_class" in df else NA,
             "delay": f"{df['delay_kind'].iloc[0]} {_fmt(df['delay_ms'].iloc[0], 1)} ms"
-            if df["delay_kind"].iloc[0] not in bp.NO_DELAY_KINDS
+            if df["delay_kind"].iloc[0] not in NO_DELAY_KINDS
             else "none",
             "placement": df["placement"].iloc[0] if "placement" in df else NA,
             "ranks": _join(sorted(df["world_size"].unique())),
@@ -1124,7 +1034,7 @@ def render_markdown(
     lines += [
         "## Claims",
         "",
-        f"Judged by the protocol `{protocol.get('_path', PROTOCOL_PATH)}` (sha256 "
+        f"Judged by the protocol `{protocol.get('_path', PROTOCOL)}` (sha256 "
         f"`{str(protocol.get('_sha256', NA))[:16]}`), fixed before the runs: it names each "
         "claim's workloads, metric, lag bound and threshold. Ratios are over the best "
         "synchronous series of the same workload (of "
@@ -1244,7 +1154,7 @@ def render_macros(
     """``\\newcommand{\\Name}{value}`` for every number the paper quotes (claims and checks
     alike: pass both lists concatenated)."""
     lines = [
-        "% Generated by `python -m bls_dlrm.claims`; do not edit (git-ignored).",
+        "% Generated by `python -m bls_dlrm.analysis.claims`; do not edit (git-ignored).",
         "% Every number the paper quotes is one of these macros.",
     ]
     for name, value in macro_values(claims, machine, sweep, protocol).items():
@@ -1261,12 +1171,12 @@ def _write(path: Path, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bls_dlrm.claims",
+        prog="python -m bls_dlrm.analysis.claims",
         description="Judge the paper's claims on a sweep's tables by the protocol; write the "
         "claims table (Markdown) and the paper's number macros (LaTeX).",
     )
     parser.add_argument("--tables", type=Path, default=Path("results/tables"))
-    parser.add_argument("--protocol", type=Path, default=PROTOCOL_PATH)
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
     parser.add_argument("--out", type=Path, default=Path("results/claims.md"))
     parser.add_argument("--macros", type=Path, default=Path("paper/macros.tex"))
     args = parser.parse_args(argv)
@@ -1279,7 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs_path.is_file():
         print(f"error: {runs_path}: no such table (run `bls-dlrm tables`)", file=sys.stderr)
         return 1
-    runs = bp.annotate_runs(pd.read_parquet(runs_path))
+    runs = annotate_runs(pd.read_parquet(runs_path))
     per_iteration = None
     per_path = args.tables / "per_iteration.parquet"
     if per_path.is_file():
