@@ -126,7 +126,7 @@ judged_lags = sorted(
 run_lags = sorted({lag for s in runs["series"] if (lag := bf.lag_of(s)) is not None and lag})
 lags = judged_lags or run_lags[-1:]
 schedules = sim.delay_specs(runs)
-base = sim.best_sync(cal) if not cal.empty else None
+base = bf.best_synchronous(cal) if not cal.empty else None
 ranks_axis = [p for p in (2**k for k in range(3, 21)) if p <= max_ranks]
 scale = pd.DataFrame()
 if base is not None and schedules and lags:

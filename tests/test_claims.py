@@ -917,8 +917,8 @@ def test_cli_without_tables_fails(tmp_path, capsys):
 
 
 def test_series_labels_and_order():
-    labels = [series_label(c, lag) for c, lag in (("mpi", 0), ("gloo", 0), ("bls", 0), ("bls", 8))]
-    assert labels == ["mpi", "gloo", "bls L=0", "bls L=8"]
+    labels = [series_label(c, lag) for c, lag in (("gloo", 0), ("mpi", 0), ("bls", 0), ("bls", 8))]
+    assert labels == ["gloo", "mpi", "bls L=0", "bls L=8"]
     assert sorted(reversed(labels), key=series_sort_key) == labels
     assert series_label("bls", pd.NA) == "bls L=0"
     assert annotate_runs(good_sweep())["workload"].nunique() == 7

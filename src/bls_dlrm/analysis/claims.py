@@ -59,6 +59,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from bls_dlrm.analysis import stats
+from bls_dlrm.analysis.compare import REPETITION_COLUMNS, best_synchronous
 from bls_dlrm.analysis.protocol import (
     RATIO_METRICS,
     SERVING_METRICS,
@@ -103,8 +104,6 @@ FIGURE_COMMAND = "snakemake --cores 2 figures/{name}.pdf"
 CLAIMS_COMMAND = "snakemake --cores 2 results/claims.md"
 #: The role of a serving launch's synchronous series in the serving tables.
 SYNC_ROLE = "sync"
-#: Columns that number repetitions, in order of preference.
-REPETITION_COLUMNS = ("config.repetition", "config.tags.rep", "repetition")
 
 
 # --------------------------------------------------------------------------------------
@@ -233,15 +232,7 @@ def _repetition_column(runs: pd.DataFrame) -> str | None:
 
 def _best_sync(df: pd.DataFrame, protocol: Mapping[str, Any]) -> str | None:
     sync = protocol["synchronous"]
-    metric = sync["metric"]
-    cand = df[df["series"].isin(sync["series"])]
-    if cand.empty:
-        return None
-    med = cand.groupby("series")[metric].median()
-    # Ties go to the series listed first in the protocol.
-    order = {s: i for i, s in enumerate(sync["series"])}
-    best = max(med.index, key=lambda s: (med[s], -order[s]))
-    return str(best)
+    return best_synchronous(df, sync["series"], sync["metric"])
 
 
 def _per_rep(df: pd.DataFrame, rep: str | None, column: str) -> pd.Series:

@@ -5,7 +5,7 @@ speedup intervals. Claims, figures and the simulation's check all call these.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,29 +18,48 @@ def _lower_is_better(metric: str) -> bool:
     return metric.startswith(("latency", "makespan", "iteration_time"))
 
 
+def best_synchronous(
+    runs: pd.DataFrame, candidates: Sequence[str] = SYNC_SERIES, metric: str = "throughput_sps"
+) -> str | None:
+    """The baseline rule: of ``candidates``, the series with the best median ``metric`` in
+    ``runs`` (annotated runs of one workload); the highest for a throughput, the lowest for
+    a latency or makespan. Ties go to the candidate listed first. None without any run.
+
+    Claims, figures and the simulation's check all pick a workload's synchronous baseline
+    here, so a figure and the claims table cannot disagree on it.
+    """
+    cand = runs[runs["series"].isin(candidates)]
+    if cand.empty:
+        return None
+    med = cand.groupby("series")[metric].median().dropna()
+    if med.empty:
+        return None
+    sign = -1.0 if _lower_is_better(metric) else 1.0
+    order = {s: i for i, s in enumerate(candidates)}
+    return str(max(med.index, key=lambda s: (sign * med[s], -order[s])))
+
+
 def baseline_series(
     runs: pd.DataFrame, how: str = "best", metric: str = "throughput_sps"
 ) -> pd.Series:
     """The synchronous series each workload is compared with (index: workload, values:
     series labels such as ``gloo`` or ``bls L=0``).
 
-    ``how="best"`` (the default) picks, per workload, the series of :data:`SYNC_SERIES`
-    with the best median ``metric`` (highest throughput, or lowest latency or makespan);
+    ``how="best"`` (the default) applies :func:`best_synchronous` to each workload;
     ``how="mpi"`` picks ``mpi`` and falls back to the best synchronous series where a
     workload has no mpi run. Workloads without any synchronous run are absent.
     """
     if how not in ("best", "mpi"):
         raise ValueError(f"how must be 'best' or 'mpi', got {how!r}")
     df = runs if "workload" in runs.columns else annotate_runs(runs)
-    sync = df[df["series"].isin(SYNC_SERIES)]
-    if sync.empty:
-        return pd.Series(dtype="object", name="baseline")
-    med = sync.groupby(["workload", "series"])[metric].median().unstack("series")
-    med = med.reindex(columns=sorted(med.columns, key=series_sort_key))
-    best = med.idxmin(axis=1) if _lower_is_better(metric) else med.idxmax(axis=1)
-    if how == "mpi" and "mpi" in med.columns:
-        best = best.where(med["mpi"].isna(), "mpi")
-    return best.dropna().rename("baseline")
+    chosen: dict[str, str] = {}
+    for workload, part in df.groupby("workload", sort=True):
+        best = best_synchronous(part, SYNC_SERIES, metric)
+        if how == "mpi" and (part["series"] == "mpi").any():
+            best = "mpi"
+        if best is not None:
+            chosen[str(workload)] = best
+    return pd.Series(chosen, dtype="object", name="baseline")
 
 
 def sync_baseline(
@@ -80,7 +99,7 @@ def with_speedup(runs: pd.DataFrame, how: str = "best") -> pd.DataFrame:
 
 
 #: Columns that number a run's repetition, most specific first.
-REPETITION_COLUMNS = ("config.repetition", "repetition", "config.tags.rep")
+REPETITION_COLUMNS = ("config.repetition", "config.tags.rep", "repetition")
 
 
 def repetition_numbers(runs: pd.DataFrame) -> pd.Series:

@@ -57,14 +57,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bls_dlrm.analysis.compare import best_synchronous
 from bls_dlrm.delays import DelaySpec
+from bls_dlrm.series import SYNC_SERIES
 from bls_dlrm.theory import _as_work, _lag_gate, timeline
 
 __all__ = [
     "ExchangeCost",
     "Simulation",
     "bench_table",
-    "best_sync",
     "bytes_per_peer",
     "calibrate_overhead",
     "delay_specs",
@@ -84,8 +85,6 @@ TERMS = ("a", "b", "c")
 ELEMENT_BYTES = 4
 #: Columns that make two workloads the same setting for calibration (ranks, model, batch).
 SETTING_COLUMNS = ("world_size", "config.tags.model", "config.model.name", "config.batch_size")
-#: Series whose runs are synchronous (lag bound 0 in the model).
-SYNC_SERIES = ("gloo", "mpi", "bls L=0")
 
 
 @dataclass(frozen=True)
@@ -436,17 +435,6 @@ def calibrate_overhead(
     return {s: float(np.median(v)) for s, v in values.items()}
 
 
-def best_sync(df: pd.DataFrame, series: Sequence[str] = SYNC_SERIES) -> str | None:
-    """Of ``series``, the one with the highest median throughput in ``df`` (annotated runs
-    of one workload); ties go to the first listed (the protocol's rule)."""
-    cand = df[df["series"].isin(series)]
-    if cand.empty:
-        return None
-    med = cand.groupby("series")["throughput_sps"].median()
-    order = {s: i for i, s in enumerate(series)}
-    return str(max(med.index, key=lambda s: (med[s], -order[s])))
-
-
 def validation_table(
     runs: pd.DataFrame,
     iterations: pd.DataFrame,
@@ -491,7 +479,7 @@ def validation_table(
                     cal, iterations, exchange_cost, calibration, works=works
                 )
             own = calibrated[key]
-        base = best_sync(df, sync_series)
+        base = best_synchronous(df, sync_series)
         if base is None or base not in own:
             continue
         bases = {r["rep"]: r for r in df[df["series"] == base].to_dict("records")}
