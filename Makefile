@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test test-slurm reproduce venv lint format bench clean-venv
+.PHONY: test test-fast test-slurm reproduce venv lint format bench clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.tom
 test: $(STAMP)
 	$(BIN)/ruff check src tests notebooks
 	$(BIN)/python -m pytest
+
+# Under a minute: no rank launched, no workflow run, no notebook executed.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not mpi and not slow and not workflow"
 
 # The smoke workflow through profiles/slurm on a one-node Slurm cluster started here, then
 # one launch over a two-node cluster of namespace hosts (root; installs slurm-wlm and munge

@@ -443,6 +443,7 @@ def _check_one_timeline(run, t: tables.Tables) -> None:
     assert t.per_iteration["start_spread_s"].max() < 5.0
 
 
+@pytest.mark.mpi
 def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(
     netns_hosts, mpirun, tiny_zipf_dataset, tmp_path
 ):
@@ -482,6 +483,7 @@ def test_two_hosts_one_clock_1000_s_ahead_align_as_one_host(
     assert not math.isnan(t_two.runs["clock_error_s"].iloc[0])
 
 
+@pytest.mark.mpi
 def test_serving_on_two_hosts_one_clock_1000_s_ahead(netns_hosts, tiny_zipf_dataset, tmp_path):
     """Open loop on the two hosts: query latencies never cross clocks (each rank counts from
     its own start instant), and the tables' aligned batch closes agree across hosts."""

@@ -36,6 +36,9 @@ MANIFEST = f"data/criteo/{MODEL}/manifest.json"
 #: Where config/criteo.yaml's Kaggle source is published (named in every absent-file error).
 PUBLISHED = "go.criteo.net/criteo-research-kaggle-display-advertising-challenge-dataset"
 
+# Every test here runs snakemake (or a linter of the workflow): `make test-fast` skips them.
+pytestmark = pytest.mark.workflow
+
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

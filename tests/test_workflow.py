@@ -34,6 +34,9 @@ SWEEP = "sweep"  # target rule: every run and the tables
 #: then writes its own folder below (gloo, mpi, bls-L4, ...).
 PATH_AXES = ("scenario", "ranks", "model", "seed", "rep")
 
+# Every test here runs snakemake (or a linter of the workflow): `make test-fast` skips them.
+pytestmark = pytest.mark.workflow
+
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
