@@ -616,11 +616,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bls_dlrm.harness.bench_a2a ...``: the same as ``bls-dlrm bench-a2a ...``."""
-    from bls_dlrm.cli import main as cli_main
-
-    argv = sys.argv[1:] if argv is None else argv
-    return cli_main(["bench-a2a", *argv])
+    """``python -m bls_dlrm.harness.bench_a2a ...``: ``bls-dlrm bench-a2a ...`` without the
+    CLI's other commands (the harness sits above the product, never the other way)."""
+    parser = argparse.ArgumentParser(prog="bench-a2a", description=__doc__)
+    build_parser(parser)
+    return run(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,28 @@
+"""The architecture as a contract: imports run one way through the layers of README.md's
+map (pyproject.toml's [tool.importlinter] contracts, checked by import-linter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def test_imports_follow_the_layers():
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_is_in_the_readme_map():
+    """Each subpackage and top-level module of bls_dlrm is named in README.md's map."""
+    readme = (ROOT / "README.md").read_text()
+    package = ROOT / "src" / "bls_dlrm"
+    parts = [p.name for p in package.iterdir() if (p / "__init__.py").is_file()]
+    parts += [p.stem for p in package.glob("*.py") if p.stem != "__init__"]
+    missing = [p for p in parts if f"bls_dlrm/{p}" not in readme]
+    assert not missing, f"not in README.md's map: {missing}"
