@@ -31,7 +31,8 @@ import seaborn as sns
 from IPython.display import display
 
 from bls_dlrm import figures as bf
-from bls_dlrm.analysis.claims import evaluate, machine_info, sweep_info
+from bls_dlrm.analysis.claims import evaluate
+from bls_dlrm.analysis.machine import machine_info, sweep_info
 
 matplotlib.use("agg")
 pd.set_option("display.width", 160)

@@ -20,12 +20,15 @@ import pytest
 import yaml
 
 from bls_dlrm.analysis import claims as cl
+from bls_dlrm.analysis import machine as mc
+from bls_dlrm.analysis import protocol as pr
+from bls_dlrm.analysis import report as rp
 from bls_dlrm.analysis.stats import ratio_ci
 from bls_dlrm.figures import annotate_runs, palette, series_label, series_sort_key
 from bls_dlrm.run.serving import sweep_tables
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOL = cl.load_protocol(ROOT / "config" / "protocol.yaml")
+PROTOCOL = pr.load_protocol(ROOT / "config" / "protocol.yaml")
 REPS = PROTOCOL["statistics"]["min_repetitions"]
 SYNC = ("gloo", "mpi", "L0")
 #: Position of claim (d) in the protocol's claims.
@@ -191,8 +194,8 @@ def test_a_broken_protocol_is_refused_naming_the_key(tmp_path, edit, where):
     data = copy.deepcopy(PROTOCOL)
     edit(data)
     path = _write_protocol(tmp_path, data)
-    with pytest.raises(cl.ProtocolError, match=where) as info:
-        cl.load_protocol(path)
+    with pytest.raises(pr.ProtocolError, match=where) as info:
+        pr.load_protocol(path)
     assert str(path) in str(info.value)
 
 
@@ -252,9 +255,9 @@ def test_cli_reads_the_protocol_it_is_given(tmp_path):
     path = _write_protocol(tmp_path, strict)
     out, macros = tmp_path / "claims.md", tmp_path / "macros.tex"
     argv = ["--tables", str(tables), "--out", str(out), "--macros", str(macros)]
-    assert cl.main([*argv, "--protocol", str(path)]) == 0
+    assert rp.main([*argv, "--protocol", str(path)]) == 0
     assert r"\newcommand{\ClaimSpeedupVerdict}{not supported}" in macros.read_text()
-    assert cl.main(argv) == 0  # the project's protocol
+    assert rp.main(argv) == 0  # the project's protocol
     assert r"\newcommand{\ClaimSpeedupVerdict}{supported}" in macros.read_text()
 
 
@@ -262,7 +265,7 @@ def test_cli_refuses_a_broken_protocol(tmp_path, capsys):
     bad = copy.deepcopy(PROTOCOL)
     del bad["claims"][0]["threshold"]
     path = _write_protocol(tmp_path, bad)
-    assert cl.main(["--tables", str(tmp_path), "--protocol", str(path)]) == 2
+    assert rp.main(["--tables", str(tmp_path), "--protocol", str(path)]) == 2
     assert "claims[0]" in capsys.readouterr().err
 
 
@@ -400,7 +403,7 @@ def test_missing_workloads_are_not_tested_and_partial_ones_inconclusive():
 def test_stress_workload_is_reported_and_never_judged():
     runs = frame([*good_sweep().to_dict("records"), *workload("oversubscribed", 1000, {"L4": 3.0})])
     assert verdicts(runs) == ALL_SUPPORTED
-    info = cl.run_info(runs, PROTOCOL)
+    info = mc.run_info(runs, PROTOCOL)
     assert info["Stress scenarios (never judged)"] == "oversubscribed"
 
 
@@ -448,7 +451,7 @@ def test_single_run_workloads_test_nothing():
 def test_empty_runs_table():
     runs = frame([run("balanced", "mpi", 1.0)]).iloc[:0]
     assert set(verdicts(runs).values()) == {cl.NOT_TESTED}
-    assert all(v == cl.NA for v in cl.sweep_info(runs).values())
+    assert all(v == cl.NA for v in mc.sweep_info(runs).values())
 
 
 # --------------------------------------------------------------------------------------
@@ -620,8 +623,8 @@ def test_a_broken_serving_entry_is_refused_naming_the_key(tmp_path, group, key, 
     index = next(i for i, e in enumerate(data[group]) if (e["key"], e.get("part", "")) == key)
     edit(data[group][index])
     path = _write_protocol(tmp_path, data)
-    with pytest.raises(cl.ProtocolError, match=rf"{group}\[{index}\]") as info:
-        cl.load_protocol(path)
+    with pytest.raises(pr.ProtocolError, match=rf"{group}\[{index}\]") as info:
+        pr.load_protocol(path)
     assert re.search(where, str(info.value)), str(info.value)
 
 
@@ -811,12 +814,12 @@ def test_cli_judges_the_serving_tables_when_both_are_there(tmp_path):
     argv = ["--tables", str(tables), "--out", str(out), "--macros", str(macros)]
     serving = serving_sweep()
     serving["serving"].to_parquet(tables / "serving.parquet", index=False)
-    assert cl.main(argv) == 0  # capacity.parquet missing: nothing judged
+    assert rp.main(argv) == 0  # capacity.parquet missing: nothing judged
     row = next(r for r in out.read_text().splitlines() if r.startswith("| (b) latency, capacity"))
     assert row.rstrip(" |").endswith("**not tested here**")
     assert "no serving runs in this sweep" in row
     serving["capacity"].to_parquet(tables / "capacity.parquet", index=False)
-    assert cl.main(argv) == 0
+    assert rp.main(argv) == 0
     text = out.read_text()
     row = next(r for r in text.splitlines() if r.startswith("| (b) latency, capacity"))
     assert row.rstrip(" |").endswith("**supported**")
@@ -838,15 +841,15 @@ def test_cli_judges_the_serving_tables_when_both_are_there(tmp_path):
 def test_markdown_opens_with_what_was_run_and_lists_every_claim():
     runs = good_sweep()
     claims = cl.evaluate(runs, protocol=PROTOCOL)
-    text = cl.render_markdown(
+    text = rp.render_markdown(
         claims,
-        cl.machine_info(runs),
-        cl.sweep_info(runs),
+        mc.machine_info(runs),
+        mc.sweep_info(runs),
         protocol=PROTOCOL,
         checks=cl.evaluate_checks(runs, protocol=PROTOCOL),
-        setup=cl.run_info(runs, PROTOCOL),
+        setup=mc.run_info(runs, PROTOCOL),
         explore=cl.exploration(runs, PROTOCOL),
-        workloads=cl.workload_table(runs),
+        workloads=mc.workload_table(runs),
     )
     head = text.split("## Claims", 1)[0]
     assert "independent reimplementation" in head and "2512.19342" in head
@@ -867,7 +870,7 @@ def test_markdown_opens_with_what_was_run_and_lists_every_claim():
 def test_macros_define_every_number_the_paper_uses():
     runs = good_sweep()
     claims = cl.evaluate(runs, protocol=PROTOCOL) + cl.evaluate_checks(runs, protocol=PROTOCOL)
-    text = cl.render_macros(claims, cl.machine_info(runs), cl.sweep_info(runs), PROTOCOL)
+    text = rp.render_macros(claims, mc.machine_info(runs), mc.sweep_info(runs), PROTOCOL)
     defined = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}", text))
     expected = {
         "ClaimSpeedupPoint": "1.90",
@@ -891,7 +894,7 @@ def test_macros_define_every_number_the_paper_uses():
 
 
 def test_macros_escape_latex():
-    text = cl.render_macros([], {"CPU": "x_y & z 100%"}, {})
+    text = rp.render_macros([], {"CPU": "x_y & z 100%"}, {})
     assert r"\newcommand{\MachineCPU}{x\_y \& z 100\%}" in text
 
 
@@ -900,7 +903,7 @@ def test_cli_writes_both_files(tmp_path, capsys):
     tables.mkdir()
     good_sweep().to_parquet(tables / "runs.parquet")
     out, macros = tmp_path / "claims.md", tmp_path / "paper" / "macros.tex"
-    rc = cl.main(["--tables", str(tables), "--out", str(out), "--macros", str(macros)])
+    rc = rp.main(["--tables", str(tables), "--out", str(out), "--macros", str(macros)])
     assert rc == 0
     assert out.read_text().startswith("# Claims")
     assert r"\newcommand{\ClaimSpeedupPoint}{1.90}" in macros.read_text()
@@ -908,7 +911,7 @@ def test_cli_writes_both_files(tmp_path, capsys):
 
 
 def test_cli_without_tables_fails(tmp_path, capsys):
-    assert cl.main(["--tables", str(tmp_path)]) == 1
+    assert rp.main(["--tables", str(tmp_path)]) == 1
     assert "runs.parquet" in capsys.readouterr().err
 
 

@@ -249,16 +249,18 @@ def _prediction_check(runs, its):
 
     from bls_dlrm import figures as bf
     from bls_dlrm.analysis import claims
+    from bls_dlrm.analysis.judge import attach_predictions
+    from bls_dlrm.analysis.protocol import load_protocol
 
     root = Path(__file__).resolve().parents[1]
-    protocol = copy.deepcopy(claims.load_protocol(root / "config" / "protocol.yaml"))
+    protocol = copy.deepcopy(load_protocol(root / "config" / "protocol.yaml"))
     entry = next(e for e in protocol["checks"] if e["metric"] == "prediction_ratio")
     entry["min_repetitions"] = 3  # the made-up sweep has 3 repetitions
     entry["calibration"] = "balanced"
     entry["lag_bounds"] = [2, 8]  # the made-up sweep's
     entry["workloads"] = ["rotating"]  # out of sample, as the protocol's
     protocol["checks"] = [entry]
-    runs = claims.attach_predictions(bf.annotate_runs(runs), its, protocol)
+    runs = attach_predictions(bf.annotate_runs(runs), its, protocol)
     (check,) = claims.evaluate_checks(runs, protocol=protocol)
     return check, runs
 

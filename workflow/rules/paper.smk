@@ -3,7 +3,7 @@
 # `claims` writes results/claims.md (each claim of the abstract, the figure and command
 # that test it, the measured number and a verdict, the machine) and paper/macros.tex (one
 # \newcommand per number in the paper), both from
-# src/bls_dlrm/analysis/claims.py. They are part of
+# src/bls_dlrm/analysis/report.py. They are part of
 # the default target. The PDF is not: it needs a LaTeX installation (see paper/README.md)
 # and is built only on request:
 #
@@ -44,7 +44,7 @@ rule claims:
     message:
         "Claims of the paper vs the measurements -> {output.claims}, {output.macros}"
     shell:
-        '{params.python:q} -m bls_dlrm.analysis.claims --tables "$(dirname {input.runs:q})"'
+        '{params.python:q} -m bls_dlrm.analysis.report --tables "$(dirname {input.runs:q})"'
         " --protocol {input.protocol:q} --out {output.claims:q} --macros {output.macros:q}"
         " > {log:q} 2>&1"
 
