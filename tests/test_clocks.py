@@ -32,15 +32,9 @@ from conftest import BLS_DLRM, infer_argv
 
 from bls_dlrm.analysis import tables
 from bls_dlrm.logs import clocks
-from bls_dlrm.logs.records import (
-    ClockSync,
-    Header,
-    Iteration,
-    LogFormatError,
-    RunLogWriter,
-    read_rank,
-    read_run,
-)
+from bls_dlrm.logs.reading import read_rank, read_run
+from bls_dlrm.logs.records import ClockSync, Header, Iteration, LogFormatError
+from bls_dlrm.logs.writer import RunLogWriter
 
 RUNS = Path(__file__).parent / "data" / "runs"
 BLS = RUNS / "bls-4r-rotating-L2"  # 4 ranks, BLS L = 2, rotating delays

@@ -22,7 +22,7 @@ import torch
 
 from bls_dlrm.data import BatchStore, generate_synthetic
 from bls_dlrm.delays import DelaySpec
-from bls_dlrm.logs.records import read_run
+from bls_dlrm.logs.reading import read_run
 from bls_dlrm.model import DLRM, get_config
 from bls_dlrm.run.infer import (
     ConfigError,

@@ -28,7 +28,7 @@ from test_torch_backend import ALL_TO_ALL, PROGRESS
 from bls_dlrm.harness import hosts as hosts_mod
 from bls_dlrm.harness.hosts import HostsError, NetnsHosts, choose_subnet, unavailable_reason
 from bls_dlrm.launch import run_mpi
-from bls_dlrm.logs.records import read_run
+from bls_dlrm.logs.reading import read_run
 
 pytestmark = pytest.mark.mpi
 

@@ -11,19 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from bls_dlrm.logs.reading import is_complete, read_rank, read_run
 from bls_dlrm.logs.records import (
     Footer,
     Header,
     IncompleteRunError,
     Iteration,
     LogFormatError,
-    RunLogWriter,
-    is_complete,
     partial_path,
     rank_path,
-    read_rank,
-    read_run,
 )
+from bls_dlrm.logs.writer import RunLogWriter
 
 CONFIG = {"dataset": "synthetic-kaggle", "batch_size": 64, "delay": {"kind": "none"}}
 
@@ -157,7 +155,7 @@ def test_killed_rank_leaves_its_lines(tmp_path):
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_records import make_header, make_iteration
-        from bls_dlrm.logs.records import RunLogWriter
+        from bls_dlrm.logs.writer import RunLogWriter
         log = RunLogWriter({str(tmp_path)!r}, make_header(1, 2))
         for i in range(3):
             log.write(make_iteration(i, 1))
@@ -483,7 +481,7 @@ def test_validation_errors_name_file_line_record_and_field(tmp_path, line, edit,
 
 def test_a_well_formed_log_is_decoded_without_the_slow_path(tmp_path, monkeypatch):
     """Valid lines go straight from msgspec into the record types (the fast path)."""
-    from bls_dlrm.logs import records
+    from bls_dlrm.logs import reading as records
 
     def refuse(*args):
         raise AssertionError("slow path used for a valid line")

@@ -23,7 +23,7 @@ import yaml
 from conftest import MPIRun
 
 from bls_dlrm.data import generate_synthetic
-from bls_dlrm.logs.records import RunLog, read_run
+from bls_dlrm.logs.reading import RunLog, read_run
 from bls_dlrm.run.infer import Series
 from bls_dlrm.run.serving import QuerySizes, ServeSpec, schedule
 

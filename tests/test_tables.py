@@ -27,13 +27,9 @@ import pandas as pd
 import pytest
 
 from bls_dlrm.analysis import tables
-from bls_dlrm.logs.records import (
-    Header,
-    IncompleteRunError,
-    Iteration,
-    RunLogWriter,
-    read_run,
-)
+from bls_dlrm.logs.reading import read_run
+from bls_dlrm.logs.records import Header, IncompleteRunError, Iteration
+from bls_dlrm.logs.writer import RunLogWriter
 
 RUNS = Path(__file__).parent / "data" / "runs"
 MPI = RUNS / "mpi-2r-trace"

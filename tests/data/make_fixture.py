@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/data/make_fixture.py
 
-The logs are written with :class:`bls_dlrm.logs.records.RunLogWriter`, so they are exactly what
+The logs are written with :class:`bls_dlrm.logs.writer.RunLogWriter`, so they are exactly what
 the inference loop produces. Their times come from a small event model of one rank's
 pipeline (lookup -> post -> bottom MLP -> complete the oldest iteration the lag bound
 allows -> top MLP), not from real runs, so they are deterministic and obey the same
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bls_dlrm.logs.records import Header, Iteration, RunLogWriter, partial_path
+from bls_dlrm.logs.records import Header, Iteration, partial_path
+from bls_dlrm.logs.writer import RunLogWriter
 
 ROOT = Path(__file__).resolve().parent / "runs"
 

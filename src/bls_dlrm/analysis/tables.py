@@ -90,13 +90,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from bls_dlrm.logs.records import (
-    ClockSync,
-    IncompleteRunError,
-    RunLog,
-    is_complete,
-    read_run,
-)
+from bls_dlrm.logs.reading import RunLog, is_complete, read_run
+from bls_dlrm.logs.records import ClockSync, IncompleteRunError
 
 __all__ = [
     "TABLE_NAMES",

@@ -431,7 +431,7 @@ def make_context(cfg: RunConfig, total: int) -> _Context:
 
     from bls_dlrm.data import BatchStore
     from bls_dlrm.delays import DelaySpec
-    from bls_dlrm.logs import records
+    from bls_dlrm.logs import provenance
     from bls_dlrm.model import DenseModel, EmbeddingShard, plan_shards
 
     torch.set_num_threads(cfg.threads)
@@ -455,8 +455,8 @@ def make_context(cfg: RunConfig, total: int) -> _Context:
         place=placement(cfg.binding),
         embedding_dim=mcfg.embedding_dim,
         # Asked once per launch, not once per series: git runs two subprocesses.
-        versions=records.runtime_versions(),
-        git_rev=records.git_revision(),
+        versions=provenance.runtime_versions(),
+        git_rev=provenance.git_revision(),
     )
 
 
@@ -770,7 +770,8 @@ def _run_series(
     import torch
     from mpi4py import MPI
 
-    from bls_dlrm.logs import clocks, records
+    from bls_dlrm.logs import clocks
+    from bls_dlrm.logs import writer as writer_mod
 
     cfg, store = ctx.cfg, ctx.store
     total = cfg.warmup + cfg.iterations
@@ -778,7 +779,7 @@ def _run_series(
     header = series_header(ctx, series, out_dir, order, index, clock_sync=clock_sync)
     preds_kept = [] if predictions_out is not None else None
     bar = _progress(ctx.rank, total, progress, series.label)
-    with gc_paused(), torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
+    with gc_paused(), torch.inference_mode(), writer_mod.RunLogWriter(out_dir, header) as writer:
         pipe = _Pipeline(ctx, series, group, writer, preds_kept, bar)
         for i in range(total):
             pipe.post(i, store.batch(i % store.num_batches))

@@ -214,7 +214,8 @@ def _open_loop(
     import torch
     from mpi4py import MPI
 
-    from bls_dlrm.logs import clocks, records
+    from bls_dlrm.logs import clocks
+    from bls_dlrm.logs import writer as writer_mod
     from bls_dlrm.run.infer import _Pipeline, gc_paused, series_header
     from bls_dlrm.run.serving import gather
 
@@ -239,7 +240,7 @@ def _open_loop(
         serve=spec.to_dict() | {"batches": n} | extra,
     )
     start = np.full(n, np.nan)
-    with gc_paused(), torch.inference_mode(), records.RunLogWriter(out_dir, header) as writer:
+    with gc_paused(), torch.inference_mode(), writer_mod.RunLogWriter(out_dir, header) as writer:
         pipe = _Pipeline(run_ctx, series, group, writer, None, None)
         for i in range(n):
             lo, hi = sched.batch_range(i)
