@@ -24,14 +24,9 @@ from bls_dlrm.data import BatchStore, generate_synthetic
 from bls_dlrm.delays import DelaySpec
 from bls_dlrm.logs.reading import read_run
 from bls_dlrm.model import DLRM, get_config
-from bls_dlrm.run.infer import (
-    ConfigError,
-    RunConfig,
-    Series,
-    batch_slices,
-    checksum,
-    load_config,
-)
+from bls_dlrm.run.config import ConfigError, RunConfig, load_config
+from bls_dlrm.run.pipeline import batch_slices, checksum
+from bls_dlrm.series import Series
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 BATCH = 48
@@ -90,7 +85,7 @@ def test_predictions_bit_identical_across_collectives_and_lag_bounds(
     """One launch per plan runs the loop for every backend string; checksums bit for bit."""
     out = tmp_path / "out"
     series = _series()
-    labels = [Series.parse(text).label for text in series]
+    labels = [Series.parse(text).folder for text in series]
     mpirun.argv(
         ranks,
         ["python", str(SCRIPTS / "infer_matrix.py"), str(dataset), str(out), *series],
@@ -228,7 +223,9 @@ def test_cli_rejects_bad_config_before_mpi(tmp_path):
 
 def test_series_parse_labels_and_backends():
     got = [Series.parse(t) for t in ("gloo", "mpi", "bls:0", "bls:4")]
-    assert [s.label for s in got] == ["gloo", "mpi", "bls-L0", "bls-L4"]
+    assert [s.folder for s in got] == ["gloo", "mpi", "bls-L0", "bls-L4"]
+    assert [s.label for s in got] == ["gloo", "mpi", "bls L=0", "bls L=4"]
+    assert [Series.parse(s.spec) for s in got] == got
     assert [s.backend for s in got] == ["gloo", "mpisync", "bls", "bls"]
     assert [s.lag_bound for s in got] == [0, 0, 0, 4]
 
@@ -327,7 +324,7 @@ def test_header_records_placement_and_single_series_writes_to_out(dataset, mpiru
 def test_hot_plan_puts_the_most_expensive_tables_together(tmp_path):
     from bls_dlrm.data import BatchStore
     from bls_dlrm.model import plan_shards
-    from bls_dlrm.run.infer import table_costs
+    from bls_dlrm.run.pipeline import table_costs
 
     path = tmp_path / "skewed"
     per_table = {0: {"pooling_k": 20}, 1: {"pooling_k": 12}}

@@ -24,8 +24,8 @@ from conftest import MPIRun
 
 from bls_dlrm.data import generate_synthetic
 from bls_dlrm.logs.reading import RunLog, read_run
-from bls_dlrm.run.infer import Series
 from bls_dlrm.run.serving import QuerySizes, ServeSpec, schedule
+from bls_dlrm.series import Series
 
 EXE = str(Path(sys.executable).parent / "bls-dlrm")
 RANKS = 2
@@ -53,7 +53,7 @@ def _series() -> list[str]:
 
 
 def _labels(series: list[str]) -> list[str]:
-    return [Series.parse(text).label for text in series]
+    return [Series.parse(text).folder for text in series]
 
 
 def _write_config(path: Path, dataset: Path, series: list[str], serve: dict) -> Path:

@@ -198,7 +198,7 @@ def test_an_idle_pipeline_still_calls_into_its_group():
     """With nothing pending, progress() asks the last finished Work (every call into a
     "bls" group moves its messages): the rank's own sends leave while it waits for the
     next batch to close, instead of holding its peers back."""
-    from bls_dlrm.run.infer import _Pipeline
+    from bls_dlrm.run.pipeline import Pipeline
 
     class Work:
         calls = 0
@@ -207,7 +207,7 @@ def test_an_idle_pipeline_still_calls_into_its_group():
             Work.calls += 1
             return True
 
-    pipe = _Pipeline(ctx=None, series=None, group=None, writer=None, preds_kept=None, bar=None)
+    pipe = Pipeline(ctx=None, series=None, group=None, writer=None, preds_kept=None, bar=None)
     pipe.progress()  # nothing finished yet: nothing to ask
     assert Work.calls == 0
     pipe.last_work = Work()
@@ -219,7 +219,7 @@ def test_an_idle_pipeline_still_calls_into_its_group():
 def test_timed_loops_run_without_automatic_garbage_collection():
     import gc
 
-    from bls_dlrm.run.infer import gc_paused
+    from bls_dlrm.run.pipeline import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

@@ -1,12 +1,67 @@
 """A series: one collective of a launch and, for BLS, its lag bound.
 
-The unit every table, figure and claim compares: ``gloo``, ``mpi``, ``bls L=0``, ``bls L=8``.
+The unit every table, figure and claim compares. One type, three spellings of it, each
+made here and nowhere else: the config form ``bls:4`` (:attr:`Series.spec`, the only one
+parsed, from user input), the name in tables and figures ``bls L=4`` (:attr:`Series.label`)
+and a run folder's name ``bls-L4`` (:attr:`Series.folder`). The lag bound is an int.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+
+COLLECTIVES = ("gloo", "mpi", "bls")
+#: torch.distributed backend behind each collective name of the configs
+BACKENDS = {"gloo": "gloo", "mpi": "mpisync", "bls": "bls"}
+
+
+class SeriesError(ValueError):
+    """A series that is not ``gloo``, ``mpi`` or ``bls:L``; the message says which."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One collective of a launch: ``gloo``, ``mpi`` or ``bls:L``."""
+
+    collective: str
+    lag_bound: int = 0
+
+    @classmethod
+    def parse(cls, text: Any) -> Series:
+        if not isinstance(text, str):
+            raise SeriesError(f"series: entries are strings like 'gloo' or 'bls:4', got {text!r}")
+        name, sep, lag = text.strip().partition(":")
+        if name not in COLLECTIVES:
+            raise SeriesError(f"series: {text!r} is not gloo, mpi or bls:L")
+        if name != "bls":
+            if sep:
+                raise SeriesError(f"series: {text!r}: {name} is synchronous, it takes no lag bound")
+            return cls(name, 0)
+        if not sep or not lag.strip().isdigit():
+            raise SeriesError(f"series: {text!r}: give the lag bound as bls:L with L >= 0")
+        return cls("bls", int(lag))
+
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend name."""
+        return BACKENDS[self.collective]
+
+    @property
+    def folder(self) -> str:
+        """A run folder's name and a run id's suffix: ``gloo``, ``mpi``, ``bls-L4``."""
+        return f"bls-L{self.lag_bound}" if self.collective == "bls" else self.collective
+
+    @property
+    def label(self) -> str:
+        """The name in tables, figures and the claims: ``gloo``, ``mpi``, ``bls L=4``."""
+        return f"bls L={self.lag_bound}" if self.collective == "bls" else self.collective
+
+    @property
+    def spec(self) -> str:
+        """The config and command-line form, which :meth:`parse` reads: ``bls:4``."""
+        return f"bls:{self.lag_bound}" if self.collective == "bls" else self.collective
 
 
 def _is_missing(value: Any) -> bool:
@@ -23,33 +78,32 @@ SYNC_COLLECTIVES = ("gloo", "mpi")
 #: mpi, and the BLS engine with L = 0, which is the same synchronous exchange. Comparing a
 #: lag bound L >= 1 with these measures what the lag bound adds, not how our engine
 #: compares with MPI's.
-SYNC_SERIES = (*SYNC_COLLECTIVES, "bls L=0")
+SYNC_SERIES = (*(Series(c).label for c in SYNC_COLLECTIVES), Series("bls", 0).label)
 
 
 def series_label(collective: str, lag_bound: Any = None) -> str:
-    """``mpi``, ``gloo`` or ``bls L=<lag bound>``: the unit every figure compares."""
+    """The :attr:`Series.label` of a table row's ``collective`` and ``lag_bound`` (a missing
+    lag bound is 0); other collective names (a benchmark's ``native``) as they are."""
     if collective == "bls":
-        lag = 0 if _is_missing(lag_bound) else int(lag_bound)
-        return f"bls L={lag}"
+        return Series("bls", 0 if _is_missing(lag_bound) else int(lag_bound)).label
     return str(collective)
 
 
 def series_sort_key(label: str) -> tuple[int, float, str]:
     """Synchronous baselines first (gloo, mpi), then BLS by increasing lag bound."""
-    if label.startswith("bls L="):
-        try:
-            return (1, float(label.split("=", 1)[1]), label)
-        except ValueError:
-            return (1, math.inf, label)
+    lag = lag_of(label)
+    if lag is not None:
+        return (1, float(lag), label)
     order = {name: i for i, name in enumerate(SYNC_COLLECTIVES)}
     return (0, order.get(label, len(order)), label)
 
 
 def lag_of(label: str) -> int | None:
-    """The lag bound of a ``bls L=<n>`` label; None for other series."""
-    if label.startswith("bls L="):
-        try:
-            return int(label.split("=", 1)[1])
-        except ValueError:
-            return None
-    return None
+    """The lag bound of a :attr:`Series.label` (``bls L=4`` -> 4); None for other series.
+
+    The inverse of the label, beside it, for figures that hold only the labels they draw.
+    """
+    name, sep, lag = label.partition(" L=")
+    if name != "bls" or not sep or not lag.isdigit():
+        return None
+    return int(lag)

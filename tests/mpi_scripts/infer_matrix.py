@@ -8,7 +8,8 @@ on their own process groups, in a shuffled order.
 import sys
 from pathlib import Path
 
-from bls_dlrm.run.infer import RunConfig, run
+from bls_dlrm.run.config import RunConfig
+from bls_dlrm.run.infer import run
 
 dataset, out_root, series = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 for k, plan in enumerate(("contiguous", "balanced", "unbalanced", "hot")):

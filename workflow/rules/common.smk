@@ -30,6 +30,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import Paramspace
 
+from bls_dlrm.series import Series
+
 # libyaml's emitter when present: a dry run of a large sweep renders every run config.
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -251,21 +253,15 @@ MODELS, SCENARIOS = _check_config(config, MODEL_CONFIGS)
 # launch's: .../rep~R/<series label>/rank{r}.jsonl.
 
 
-def series_specs(cfg):
-    """The series of every launch, in config order: 'gloo', 'mpi', 'bls:L' per lag bound."""
-    specs = []
+def series_of(cfg):
+    """The series of every launch, in config order: gloo, mpi, bls at each lag bound."""
+    series = []
     for collective in cfg["collectives"]:
         if collective == "bls":
-            specs += [f"bls:{lag}" for lag in cfg["lag_bounds"]]
+            series += [Series("bls", int(lag)) for lag in cfg["lag_bounds"]]
         else:
-            specs.append(collective)
-    return specs
-
-
-def series_label(spec):
-    """The run folder of a series: 'gloo', 'mpi', 'bls-L4' (as bls_dlrm.run.infer names it)."""
-    name, _, lag = spec.partition(":")
-    return f"bls-L{lag}" if name == "bls" else name
+            series.append(Series(collective))
+    return series
 
 
 def _design_frame(cfg):
@@ -280,8 +276,8 @@ def _design_frame(cfg):
     return pd.DataFrame(rows, columns=list(AXES))
 
 
-SERIES = series_specs(config)
-SERIES_LABELS = [series_label(spec) for spec in SERIES]
+SERIES = series_of(config)
+SERIES_LABELS = [s.folder for s in SERIES]
 PARAMSPACE = Paramspace(_design_frame(config))
 RUN_PATTERN = PARAMSPACE.wildcard_pattern
 LAUNCH_DIRS = [f"{RUNS_DIR}/{instance}" for instance in PARAMSPACE.instance_patterns]
@@ -438,7 +434,7 @@ def run_dataset_manifest(wildcards):
 
 
 def run_config(wildcards):
-    """The resolved `bls-dlrm infer` config of one launch (keys of bls_dlrm.run.infer.RunConfig)."""
+    """The resolved `bls-dlrm infer` config of one launch (keys of bls_dlrm.run.config.RunConfig)."""
     axes = _axes(wildcards)
     scenario, model = SCENARIOS[axes["scenario"]], MODELS[axes["model"]]
     delay = resolved_delay(scenario, model, axes["seed"])
@@ -472,7 +468,7 @@ def run_config(wildcards):
             "seed": model["model_seed"],
         },
         "plan": scenario["plan"],
-        "series": list(SERIES),
+        "series": [s.spec for s in SERIES],
         "shuffle_seed": config["shuffle_seed"],
         "binding": scenario_binding(scenario, config),
         "transport": run["transport"],
@@ -647,15 +643,14 @@ def design_table():
     for row, launch in zip(PARAMSPACE.dataframe.to_dict("records"), LAUNCH_DIRS):
         scenario, model = SCENARIOS[row["scenario"]], MODELS[row["model"]]
         delay = resolved_delay(scenario, model, row["seed"])
-        for spec, label in zip(SERIES, SERIES_LABELS):
-            name, _, lag = spec.partition(":")
+        for series in SERIES:
             rows.append(
                 {
                     **row,
-                    "collective": name,
-                    "lag_bound": int(lag or 0),
-                    "series": label,
-                    "run_dir": f"{launch}/{label}",
+                    "collective": series.collective,
+                    "lag_bound": series.lag_bound,
+                    "series": series.folder,
+                    "run_dir": f"{launch}/{series.folder}",
                     "binding": scenario_binding(scenario, config),
                     "model_config": model["model"],
                     "max_rows": model["max_rows"],

@@ -7,7 +7,7 @@ The closed loop of :mod:`bls_dlrm.run.infer` starts every batch as soon as the l
 it, so its per-batch latency grows with the lag bound by construction. Here batches follow
 arrivals instead (:mod:`bls_dlrm.run.serving`): after a synchronised start, a rank starts
 batch ``i`` no earlier than the batch's close time, then runs the same pipeline as the
-closed loop (:class:`bls_dlrm.run.infer._Pipeline`: lookups, the exchange posted through
+closed loop (:class:`bls_dlrm.run.infer.Pipeline`: lookups, the exchange posted through
 ``torch.distributed``, bottom MLP, complete as the lag bound requires, top MLP). While it
 waits for a batch to close it finishes the exchanges that arrive meanwhile, so a finished
 batch's predictions never wait for the next arrival (and it keeps calling into the
@@ -58,14 +58,8 @@ from typing import Any
 import numpy as np
 
 from bls_dlrm import theory
-from bls_dlrm.run.infer import (
-    ConfigError,
-    RunConfig,
-    Series,
-    _say_once,
-    add_config_arguments,
-    load_config,
-)
+from bls_dlrm.run.config import ConfigError, RunConfig, add_config_arguments, load_config
+from bls_dlrm.run.pipeline import say_once
 from bls_dlrm.run.serving import (
     QuerySizes,
     Schedule,
@@ -74,6 +68,7 @@ from bls_dlrm.run.serving import (
     schedule,
     summarise,
 )
+from bls_dlrm.series import Series, SeriesError
 
 #: Start margin: a rank's start instant lies this far after it leaves the start barrier.
 START_MARGIN_S = 0.05
@@ -149,7 +144,10 @@ class ServeConfig:
         texts = [self.reference] if isinstance(self.reference, str) else self.reference
         if not isinstance(texts, list) or not texts:
             raise ConfigError("a series or a non-empty list of series")
-        return [Series.parse(t) for t in texts]
+        try:
+            return [Series.parse(t) for t in texts]
+        except SeriesError as exc:
+            raise ConfigError(str(exc)) from None
 
     def spec(self, rate: float) -> ServeSpec:
         return ServeSpec(
@@ -216,7 +214,7 @@ def _open_loop(
 
     from bls_dlrm.logs import clocks
     from bls_dlrm.logs import writer as writer_mod
-    from bls_dlrm.run.infer import _Pipeline, gc_paused, series_header
+    from bls_dlrm.run.pipeline import Pipeline, gc_paused, series_header
     from bls_dlrm.run.serving import gather
 
     comm = MPI.COMM_WORLD
@@ -241,7 +239,7 @@ def _open_loop(
     )
     start = np.full(n, np.nan)
     with gc_paused(), torch.inference_mode(), writer_mod.RunLogWriter(out_dir, header) as writer:
-        pipe = _Pipeline(run_ctx, series, group, writer, None, None)
+        pipe = Pipeline(run_ctx, series, group, writer, None, None)
         for i in range(n):
             lo, hi = sched.batch_range(i)
             batch = gather(ctx.store, lo, hi)
@@ -299,7 +297,7 @@ def _measure(ctx, series, group, out_dir, cfg: ServeConfig, rate, order, index, 
     summary = (
         summarise(queries, spec.duration_s, spec.warmup_s)
         | {
-            "series": series.label,
+            "series": series.folder,
             "rate_qps": float(rate),
             "batches": int(sched.num_batches),
             "mean_batch_samples": float(sched.batch_samples().mean()) if sched.num_batches else 0.0,
@@ -328,7 +326,7 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     from mpi4py import MPI
 
     from bls_dlrm.logs import clocks
-    from bls_dlrm.run.infer import _run_series
+    from bls_dlrm.run.pipeline import run_series
 
     comm = MPI.COMM_WORLD
     n = cfg.calibrate_iterations
@@ -336,7 +334,7 @@ def _calibrate(ctx, series, group, cfg: ServeConfig, out_dir: Path, order, index
     run_ctx = _run_context(ctx, warm, n)
     comm.Barrier()
     times: dict[int, tuple[float, float, float]] = {}
-    _run_series(run_ctx, series, group, out_dir, None, order, index, False, times)
+    run_series(run_ctx, series, group, out_dir, None, order, index, False, times)
     measured = [times[i] for i in range(warm, warm + n)]
     first = min(t for t, _, _ in measured)
     last = max(t for _, t, _ in measured)
@@ -356,7 +354,7 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     """Every step of one serving launch on this rank; rank 0 returns the report."""
     from mpi4py import MPI
 
-    from bls_dlrm.run.infer import make_context, open_groups
+    from bls_dlrm.run.pipeline import make_context, open_groups
 
     comm = MPI.COMM_WORLD
     out_dir = Path(out_dir)
@@ -374,25 +372,25 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
     }
     # 1. calibration
     measured = {
-        s.label: _calibrate(
-            ctx, s, groups[s.label], serve, out_dir / s.label / "calibrate", candidates, k
+        s.folder: _calibrate(
+            ctx, s, groups[s.folder], serve, out_dir / s.folder / "calibrate", candidates, k
         )
         for k, s in enumerate(candidates)
     }
     # the highest capacity (every rank has the same numbers: they are gathered)
-    reference = max(candidates, key=lambda s: measured[s.label].capacity_qps)
-    ref = measured[reference.label]
+    reference = max(candidates, key=lambda s: measured[s.folder].capacity_qps)
+    ref = measured[reference.folder]
     ref_qps = ref.capacity_qps
     report["calibration"] = {
-        "series": reference.label,
+        "series": reference.folder,
         "capacity_qps": ref_qps,
         "ideal_sync_qps": ref.ideal_sync_qps,
         "ideal_unbounded_qps": ref.ideal_unbounded_qps,
         "candidates": {label: asdict(c) for label, c in measured.items()},
     }
-    if serve.serve_reference and reference.label not in {s.label for s in series}:
+    if serve.serve_reference and reference.folder not in {s.folder for s in series}:
         series = [reference, *series]
-    report["series"] = [s.label for s in series]
+    report["series"] = [s.folder for s in series]
     rates = serve.rates or [f * ref_qps for f in (serve.loads or [])]
     loads = serve.loads or [None] * len(rates)
     # 2. offered loads, series shuffled per load
@@ -403,8 +401,8 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
             summary, _ = _measure(
                 ctx,
                 s,
-                groups[s.label],
-                out_dir / s.label / f"load~{k}",
+                groups[s.folder],
+                out_dir / s.folder / f"load~{k}",
                 serve,
                 rate,
                 order,
@@ -414,18 +412,24 @@ def run(cfg: RunConfig, serve: ServeConfig, out_dir: str | Path) -> dict[str, An
             if summary is not None:
                 report["runs"].append(summary)
                 _say(
-                    f"{s.label}: {rate:,.0f} q/s -> p99 {summary['p99_ms']:.1f} ms"
+                    f"{s.folder}: {rate:,.0f} q/s -> p99 {summary['p99_ms']:.1f} ms"
                     f"{'' if summary['stable'] else ' (unstable)'}"
                 )
     # 3. capacity at the SLO
     search = serve.search()
     if search is not None:
         for s in series:
-            own = measured.get(s.label) or _calibrate(
-                ctx, s, groups[s.label], serve, out_dir / s.label / "capacity-calibrate", series, 0
+            own = measured.get(s.folder) or _calibrate(
+                ctx,
+                s,
+                groups[s.folder],
+                serve,
+                out_dir / s.folder / "capacity-calibrate",
+                series,
+                0,
             )
-            report["capacity"][s.label] = _bisect(
-                ctx, s, groups[s.label], serve, search, own, out_dir / s.label, series
+            report["capacity"][s.folder] = _bisect(
+                ctx, s, groups[s.folder], serve, search, own, out_dir / s.folder, series
             )
     comm.Barrier()
     close_groups()
@@ -576,7 +580,7 @@ def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
     run_overrides = []
     for text in args.overrides:
         if text.startswith("serve."):
-            from bls_dlrm.run.infer import parse_override
+            from bls_dlrm.run.config import parse_override
 
             keys, value = parse_override(text)
             node = serve_data
@@ -625,7 +629,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     try:
         cfg, serve = load_serve_config(args)
     except (ConfigError, OSError) as exc:
-        _say_once(f"bls-dlrm serve: bad config: {exc}")
+        say_once(f"bls-dlrm serve: bad config: {exc}")
         return 2
     report = run(cfg, serve, args.out)
     if report is not None:

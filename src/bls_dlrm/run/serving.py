@@ -268,10 +268,10 @@ def query_latencies(
 
     ``done[r, b]`` is when batch ``b``'s predictions were done on rank ``r`` (same clock as
     ``t_origin``, the instant arrivals are counted from). A query is done when every rank
-    holding part of it (the contiguous batch slices of :func:`bls_dlrm.run.infer.batch_slices`)
+    holding part of it (the contiguous batch slices of :func:`bls_dlrm.run.pipeline.batch_slices`)
     is done; queries arriving before ``warmup_s`` are flagged ``warmup``.
     """
-    from bls_dlrm.run.infer import batch_slices
+    from bls_dlrm.run.pipeline import batch_slices
 
     rows_batch = np.empty(sched.num_queries, dtype=np.int64)
     done_at = np.empty(sched.num_queries, dtype=np.float64)
