@@ -3,7 +3,7 @@
 - ``full``: tables made here in memory, with every series (mpi, gloo, bls L=0/1/2/4/8),
   three repetitions, the default sweep's workloads on 2 ranks and the 4-rank
   "oversubscribed" stress scenario, so each drawing path runs;
-- ``fixture``: tables built by :func:`bls_dlrm.analysis.tables.collect` from the stored logs in
+- ``fixture``: tables built by :func:`bls_dlrm.analysis.collect.collect` from the stored logs in
   ``tests/data/runs`` (complete runs only): the real table schema, and a sweep that lacks
   most series, so each "plot what exists" path runs.
 
@@ -168,7 +168,7 @@ def _full_tables(out: Path) -> None:
 
 
 def _fixture_tables(out: Path) -> None:
-    from bls_dlrm.analysis.tables import collect
+    from bls_dlrm.analysis.collect import collect
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the stored killed run is skipped

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bls_dlrm.analysis import collect as tables_io
 from bls_dlrm.analysis import tables
 from bls_dlrm.logs.reading import read_run
 from bls_dlrm.logs.records import Header, IncompleteRunError, Iteration
@@ -383,14 +384,14 @@ def test_ranks_on_two_hosts_are_put_on_one_timeline(tmp_path, mpi_run):
 
 
 def test_find_run_dirs_finds_complete_and_incomplete_runs():
-    assert tables.find_run_dirs(RUNS) == sorted([MPI, BLS, KILLED])
-    assert tables.find_run_dirs([MPI, MPI]) == [MPI]
+    assert tables_io.find_run_dirs(RUNS) == sorted([MPI, BLS, KILLED])
+    assert tables_io.find_run_dirs([MPI, MPI]) == [MPI]
 
 
 def test_collect_refuses_incomplete_runs(tmp_path):
     out = tmp_path / "tables"
     with pytest.raises(IncompleteRunError) as err:
-        tables.collect(RUNS, out)
+        tables_io.collect(RUNS, out)
     message = str(err.value)
     assert "gloo-2r-killed" in message and "--skip-incomplete" in message
     assert "rank 1: only rank1.jsonl.partial exists" in message
@@ -400,7 +401,7 @@ def test_collect_refuses_incomplete_runs(tmp_path):
 def test_collect_skips_incomplete_runs_when_asked_and_writes_parquet(tmp_path):
     out = tmp_path / "tables"
     with pytest.warns(RuntimeWarning, match="gloo-2r-killed"):
-        result = tables.collect(RUNS, out, skip_incomplete=True, progress=False)
+        result = tables_io.collect(RUNS, out, skip_incomplete=True, progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "iterations.parquet",
         "per_iteration.parquet",
@@ -420,7 +421,7 @@ def test_collect_skips_incomplete_runs_when_asked_and_writes_parquet(tmp_path):
 def test_collect_stores_config_values_of_mixed_types(tmp_path):
     small_run(tmp_path / "runs" / "a", "a", {"x": 1, "y": [1, 2]})
     small_run(tmp_path / "runs" / "b", "b", {"x": "one", "z": True})
-    tables.collect(tmp_path / "runs", tmp_path / "out")
+    tables_io.collect(tmp_path / "runs", tmp_path / "out")
     runs = pd.read_parquet(tmp_path / "out" / "runs.parquet")
     assert list(runs["config.x"]) == ["1", "one"]
     assert list(runs["config.y"].fillna("-")) == ["[1,2]", "-"]
@@ -432,22 +433,22 @@ def test_collect_refuses_two_folders_with_one_run_id(tmp_path):
     shutil.copytree(MPI, tmp_path / "a")
     shutil.copytree(MPI, tmp_path / "b")
     with pytest.raises(ValueError, match="appears in both"):
-        tables.collect(tmp_path, tmp_path / "out")
+        tables_io.collect(tmp_path, tmp_path / "out")
 
 
 def test_collect_without_runs_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run folders"):
-        tables.collect(tmp_path, tmp_path / "out")
+        tables_io.collect(tmp_path, tmp_path / "out")
 
 
 def test_main_tables_command_line(tmp_path, capsys):
     out = tmp_path / "out"
-    assert tables.main_tables([str(RUNS), "--out", str(out)]) == 1
+    assert tables_io.main_tables([str(RUNS), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "gloo-2r-killed" in err and "incomplete" in err
-    assert tables.main_tables([str(RUNS), "--out", str(out), "--skip-incomplete"]) == 0
+    assert tables_io.main_tables([str(RUNS), "--out", str(out), "--skip-incomplete"]) == 0
     captured = capsys.readouterr()
     assert "warning: skipping 1 incomplete run(s)" in captured.err
     assert "2 run(s)" in captured.out
     assert len(pd.read_parquet(out / "runs.parquet")) == 2
-    assert tables.main_tables([str(MPI), str(BLS), "--out", str(tmp_path / "o2")]) == 0
+    assert tables_io.main_tables([str(MPI), str(BLS), "--out", str(tmp_path / "o2")]) == 0

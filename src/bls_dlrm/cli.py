@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tables"]:  # its own parser, so its --help is complete
-        from bls_dlrm.analysis.tables import main_tables
+        from bls_dlrm.analysis.collect import main_tables
 
         return main_tables(argv[1:])
     if argv[:1] == ["serve-tables"]:

@@ -48,6 +48,15 @@ class Series:
         """The torch.distributed backend name."""
         return BACKENDS[self.collective]
 
+    @classmethod
+    def from_folder(cls, name: str) -> Series:
+        """The series of a run folder (:attr:`folder`): ``bls-L4`` -> ``Series("bls", 4)``."""
+        if name.startswith("bls-L") and name[5:].isdigit():
+            return cls("bls", int(name[5:]))
+        if name in COLLECTIVES and name != "bls":
+            return cls(name)
+        raise SeriesError(f"{name!r} is not a series' run folder (gloo, mpi, bls-L<lag>)")
+
     @property
     def folder(self) -> str:
         """A run folder's name and a run id's suffix: ``gloo``, ``mpi``, ``bls-L4``."""

@@ -59,7 +59,7 @@ import pandas as pd
 
 from bls_dlrm.analysis.compare import best_synchronous
 from bls_dlrm.delays import DelaySpec
-from bls_dlrm.series import SYNC_SERIES
+from bls_dlrm.series import SYNC_SERIES, Series
 from bls_dlrm.theory import _as_work, _lag_gate, timeline
 
 __all__ = [
@@ -540,7 +540,7 @@ def scale_out(
     *,
     exchange_cost: ExchangeCost | float = 0.0,
     overhead: Mapping[str, float] | float = 0.0,
-    sync_series: str = "bls L=0",
+    sync_series: str = Series("bls", 0).label,
     iterations: int = 300,
     samples_per_rank: float = 1.0,
     bytes_per_peer_at: Any = None,
@@ -575,7 +575,7 @@ def scale_out(
         samples = int(p) * samples_per_rank
         sync = simulate(work, exchange_cost, 0, bytes_per_peer=n, overhead_s=cost(sync_series))
         for lag in lags:
-            label = f"bls L={lag}"
+            label = Series("bls", lag).label
             sim = simulate(work, exchange_cost, lag, bytes_per_peer=n, overhead_s=cost(label))
             rows.append(
                 {

@@ -167,7 +167,7 @@ def summarize(out: Path, placements: list[str]) -> pd.DataFrame:
     """One row per workload and series: throughput per placement, their ratio, and per BLS
     series the measured and simulated speedups over the best synchronous series."""
     from bls_dlrm.analysis import simulate
-    from bls_dlrm.analysis.tables import collect
+    from bls_dlrm.analysis.collect import collect
     from bls_dlrm.analysis.workloads import annotate_runs
 
     rows = []

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bls_dlrm.series import Series, SeriesError
+
 SIZE_KINDS = ("constant", "lognormal", "table")
 
 
@@ -326,9 +328,12 @@ def summarise(queries: pd.DataFrame, duration_s: float, warmup_s: float = 0.0) -
 SYNC = "sync"
 
 
-def _label(text: str) -> str:
-    """``bls-L4`` (run folders) -> ``bls L=4`` (tables and figures); others unchanged."""
-    return f"bls L={text[5:]}" if text.startswith("bls-L") else text
+def _label(folder: str) -> str:
+    """A report's series (its run folder's name) as tables and figures name it."""
+    try:
+        return Series.from_folder(folder).label
+    except SeriesError:
+        return folder
 
 
 def sweep_tables(reports: dict[tuple[str, int], dict[str, Any]]) -> dict[str, pd.DataFrame]:
