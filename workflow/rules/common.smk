@@ -16,7 +16,6 @@ parse time too, so a bad config stops before any job, naming the key.
 """
 
 import hashlib
-import importlib.util
 import json
 import math
 import shlex
@@ -30,6 +29,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import Paramspace
 
+from bls_dlrm.model import config as model_config  # plain data: no torch
 from bls_dlrm.series import Series
 
 # libyaml's emitter when present: a dry run of a large sweep renders every run config.
@@ -93,26 +93,6 @@ wildcard_constraints:
 def config_error(key, message):
     """The error a bad config raises: it names the key, and snakemake stops at parse time."""
     return WorkflowError(f"config key '{key}': {message}")
-
-
-def _load_model_module():
-    """bls_dlrm/model/config.py, loaded alone.
-
-    ``import bls_dlrm.model`` would import torch (seconds, on every parse and in every
-    cluster job); the configuration module is plain data and needs nothing else.
-    """
-    spec = importlib.util.find_spec("bls_dlrm")
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkflowError(
-            f"the bls_dlrm package is not installed for {sys.executable}; "
-            "run `make venv` (or `pip install -e .`) first"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "config.py"
-    module_spec = importlib.util.spec_from_file_location("_bls_dlrm_model_config", path)
-    loaded = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = loaded  # dataclasses look their module up by name
-    module_spec.loader.exec_module(loaded)
-    return loaded
 
 
 def _unique_names(items, key):
@@ -240,8 +220,7 @@ def _check_config(cfg, model_configs):
     return models, scenarios
 
 
-MODEL_CONFIGS = _load_model_module()
-MODELS, SCENARIOS = _check_config(config, MODEL_CONFIGS)
+MODELS, SCENARIOS = _check_config(config, model_config)
 
 
 # -- the design: one row per launch ----------------------------------------------------

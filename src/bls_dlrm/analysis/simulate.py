@@ -268,29 +268,6 @@ def bench_table(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]]) ->
     return pd.DataFrame(rows, columns=["ranks", "bytes_per_peer", "time_s", "collective"])
 
 
-def _model_configs():
-    """``get_config`` of :mod:`bls_dlrm.model.config` without importing the model package
-    (its ``__init__`` imports torch, seconds a figure need not spend): the module is
-    torch-free and is loaded from its file unless the package is already imported."""
-    import importlib.util
-    import sys
-
-    name = "bls_dlrm.model.config"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).parents[1] / "model" / "config.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return module.get_config
-
-
 def bytes_per_peer(runs: pd.DataFrame) -> pd.Series:
     """Mean bytes a rank sends to each peer per exchange, per row of a runs table.
 
@@ -298,7 +275,8 @@ def bytes_per_peer(runs: pd.DataFrame) -> pd.Series:
     bytes, with ``T_r`` the tables of ``r`` (``config.plan_tables``) and ``d`` the
     embedding width of ``config.model.name``; the mean over ranks is ``B * T * d * 4 / P^2``.
     """
-    get_config = _model_configs()
+    from bls_dlrm.model.config import get_config
+
     cols = ("config.plan_tables", "config.model.name", "config.batch_size", "world_size")
     if not set(cols) <= set(runs.columns):
         return pd.Series(math.nan, index=runs.index, dtype="float64")

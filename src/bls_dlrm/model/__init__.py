@@ -15,9 +15,26 @@ from .config import (
     ModelConfig,
     get_config,
 )
-from .dlrm import DLRM, DenseModel, EmbeddingShard, tril_indices
 from .sharding import PLAN_KINDS, plan_shards
-from .sparse import SparseBatch
+
+# The torch parts load on first use, so the configs and plans (what the workflow and the
+# analysis read) come without importing torch.
+_TORCH_PARTS = {
+    "DLRM": "dlrm",
+    "DenseModel": "dlrm",
+    "EmbeddingShard": "dlrm",
+    "tril_indices": "dlrm",
+    "SparseBatch": "sparse",
+}
+
+
+def __getattr__(name: str):
+    if name in _TORCH_PARTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_TORCH_PARTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIGS",
