@@ -1,4 +1,4 @@
-# Inference launches: one job per row of the sweep design (common.smk, PARAMSPACE), that is
+# Inference launches: one job per row of the sweep design (design.smk, PARAMSPACE), that is
 # per workload and repetition; each launch runs every series (gloo, mpi, bls at each lag
 # bound) in a shuffled order, so a workload's series share one allocation and repetitions
 # interleave.
