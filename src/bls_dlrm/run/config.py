@@ -5,6 +5,7 @@ overrides, and the ``--help`` that lists every key.
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -167,30 +168,46 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config, apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"--config {path}: no such file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of keys")
+def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    """Set ``data[k1][k2]...`` to ``value`` (an override's keys), making mappings on the way."""
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: {k} is not a mapping")
+    node[keys[-1]] = value
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """A YAML config file as a mapping ({} without a file); errors name the file."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys")
+    return data
+
+
+def config_from(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """A run config from a mapping (not changed) and ``key=value`` overrides, validated."""
+    data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {k} is not a mapping")
-        node[keys[-1]] = value
+        apply_override(data, keys, value, text)
     try:
         return RunConfig.from_dict(data)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key=value`` overrides, validate."""
+    return config_from(read_config_file(path), overrides)
 
 
 def keys_help() -> str:

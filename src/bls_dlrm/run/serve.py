@@ -58,7 +58,15 @@ from typing import Any
 import numpy as np
 
 from bls_dlrm import theory
-from bls_dlrm.run.config import ConfigError, RunConfig, add_config_arguments, load_config
+from bls_dlrm.run.config import (
+    ConfigError,
+    RunConfig,
+    add_config_arguments,
+    apply_override,
+    config_from,
+    parse_override,
+    read_config_file,
+)
 from bls_dlrm.run.pipeline import say_once
 from bls_dlrm.run.serving import (
     QuerySizes,
@@ -571,22 +579,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
-    import yaml
-
-    data = yaml.safe_load(args.config.read_text()) if args.config else {}
-    if args.config and not isinstance(data, dict):
-        raise ConfigError(f"--config {args.config}: expected a mapping of keys")
-    serve_data = dict((data or {}).pop("serve", None) or {})
+    data = read_config_file(args.config)
+    serve_data = dict(data.pop("serve", None) or {})
     run_overrides = []
     for text in args.overrides:
         if text.startswith("serve."):
-            from bls_dlrm.run.config import parse_override
-
             keys, value = parse_override(text)
-            node = serve_data
-            for k in keys[1:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
+            apply_override(serve_data, keys[1:], value, text)
         else:
             run_overrides.append(text)
     if args.rate and args.loads:
@@ -604,24 +603,11 @@ def load_serve_config(args) -> tuple[RunConfig, ServeConfig]:
         if args.percentile is not None:
             capacity["percentile"] = args.percentile
         serve_data["capacity"] = capacity
-    cfg = _run_config(data or {}, run_overrides)
+    cfg = config_from(data, run_overrides)
     serve = ServeConfig.from_dict(serve_data)
     if not serve.rates and not serve.loads and serve.capacity is None:
         raise ConfigError("serve: give --rate, --loads or --find-capacity")
     return cfg, serve
-
-
-def _run_config(data: dict[str, Any], overrides: list[str]) -> RunConfig:
-    import tempfile
-
-    import yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(data, fh)
-    try:
-        return load_config(fh.name, overrides)
-    finally:
-        Path(fh.name).unlink()
 
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
