@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -187,6 +188,32 @@ def test_hosts_left_by_a_killed_process_are_removed_by_the_next(tmp_path):
     assert _leftovers(prefix)
     with NetnsHosts(1):
         assert _leftovers(prefix) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_process_removes_its_hosts(signum):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM: the harness removes its hosts at once."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no namespace hosts here: {reason}")
+    code = (
+        "import time\n"
+        "from bls_dlrm.harness.hosts import NetnsHosts\n"
+        "h = NetnsHosts(2).up()\n"
+        "print(h.prefix, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        prefix = proc.stdout.readline().strip()
+        assert prefix.startswith(hosts_mod.PREFIX) and _leftovers(prefix)
+        proc.send_signal(signum)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _leftovers(prefix) == []
 
 
 def test_no_namespaces_is_a_skip_with_the_reason(netns_hosts, monkeypatch):

@@ -509,6 +509,7 @@ def _remove(prefix: str, bridge: str, namespaces: Sequence[str], workdir) -> Non
 
 
 # -- every harness of this process is removed at exit and on SIGTERM/SIGINT ----------------
+# SIGTERM gets a handler; SIGINT raises KeyboardInterrupt, whose exit runs the atexit hook.
 
 _live: list[NetnsHosts] = []
 _handlers_installed = False
