@@ -167,24 +167,31 @@ def test_cleanup_removes_everything_also_on_failure(tmp_path):
     assert _leftovers(prefix) == [] and not state.exists()
 
 
-def test_hosts_left_by_a_killed_process_are_removed_by_the_next(tmp_path):
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no namespace hosts here: {reason}")
+def _process_holding_hosts() -> tuple[subprocess.Popen, str]:
+    """Another Python process that made 2 namespace hosts and sleeps; and their prefix."""
     code = (
-        "import sys, time\n"
+        "import time\n"
         "from bls_dlrm.harness.hosts import NetnsHosts\n"
         "h = NetnsHosts(2).up()\n"
         "print(h.prefix, flush=True)\n"
         "time.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        prefix = proc.stdout.readline().strip()
-        assert prefix.startswith(hosts_mod.PREFIX) and _leftovers(prefix)
-    finally:
-        proc.kill()  # SIGKILL: no cleanup of its own
+    prefix = proc.stdout.readline().strip()
+    if not (prefix.startswith(hosts_mod.PREFIX) and _leftovers(prefix)):
+        proc.kill()
         proc.wait()
+        pytest.fail(f"the process made no hosts (it printed {prefix!r})")
+    return proc, prefix
+
+
+def test_hosts_left_by_a_killed_process_are_removed_by_the_next(tmp_path):
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no namespace hosts here: {reason}")
+    proc, prefix = _process_holding_hosts()
+    proc.kill()  # SIGKILL: no cleanup of its own
+    proc.wait()
     assert _leftovers(prefix)
     with NetnsHosts(1):
         assert _leftovers(prefix) == []
@@ -196,18 +203,9 @@ def test_a_signalled_process_removes_its_hosts(signum):
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(f"no namespace hosts here: {reason}")
-    code = (
-        "import time\n"
-        "from bls_dlrm.harness.hosts import NetnsHosts\n"
-        "h = NetnsHosts(2).up()\n"
-        "print(h.prefix, flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc, prefix = _process_holding_hosts()
+    proc.send_signal(signum)
     try:
-        prefix = proc.stdout.readline().strip()
-        assert prefix.startswith(hosts_mod.PREFIX) and _leftovers(prefix)
-        proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

@@ -6,30 +6,12 @@
 What is judged comes only from ``config/protocol.yaml`` (validated against
 ``workflow/schemas/protocol.schema.yaml``): for each claim, the workloads, the metric, the
 lag bound(s) of the BLS series and the threshold. This module holds no threshold, workload
-name or lag bound of its own; it knows only how to compute each metric:
+name or lag bound of its own; how each metric is computed is :mod:`bls_dlrm.analysis.judge`.
 
-``throughput_ratio``
-    Throughput of the series ``bls L=<lag bound>`` over the workload's *best synchronous*
-    series (of the protocol's synchronous series, the one with the highest median
-    throughput over its repetitions in that workload), paired by repetition.
-``ideal_fraction``
-    That ratio divided, repetition by repetition, by the ideal speedup the theory gives
-    for the judged BLS run's own logged per-rank work (``ideal_speedup`` of the runs table,
-    :mod:`bls_dlrm.theory`): the share of the possible gain the run realised.
-``prediction_ratio``
-    The speedup :mod:`bls_dlrm.analysis.simulate` predicts for ``bls L=<lag bound>`` over the best
-    synchronous series (from that series' logged per-rank work, per-series overheads
-    calibrated on the entry's ``calibration`` workload, the exchange cost fitted on the
-    sweep's synchronous runs) over the measured speedup, paired by repetition: the
-    model's prediction error plus one.
-``checksums_identical``
-    Within a workload, every run (every series and repetition) has the same predictions
-    checksum; with the per-iteration table, every iteration agrees across runs too.
-
-Each ratio carries a bootstrap interval over repetitions (:func:`bls_dlrm.analysis.stats.ratio_ci`,
-the protocol's confidence, resamples and seed) and gets a verdict from the interval
-(:func:`bls_dlrm.analysis.stats.verdict`): *supported*, *not supported*, *inconclusive*; *not
-tested here* when the sweep lacks the runs, or when the protocol says a part is judged by
+Each ratio carries a bootstrap interval over repetitions
+(:func:`bls_dlrm.analysis.stats.ratio_ci`, the protocol's confidence, resamples and seed)
+and gets a verdict from the interval (:func:`bls_dlrm.analysis.stats.verdict`):
+*supported*, *not supported*, *inconclusive*; *not tested here* when the sweep lacks the runs, or when the protocol says a part is judged by
 another experiment. A claim judged on several workloads or lag bounds is supported only if
 every one is, not supported if any one is not, and inconclusive otherwise. Fewer
 repetitions than the protocol's minimum make a verdict at best inconclusive.
