@@ -11,10 +11,11 @@ name or lag bound of its own; how each metric is computed is :mod:`bls_dlrm.anal
 Each ratio carries a bootstrap interval over repetitions
 (:func:`bls_dlrm.analysis.stats.ratio_ci`, the protocol's confidence, resamples and seed)
 and gets a verdict from the interval (:func:`bls_dlrm.analysis.stats.verdict`):
-*supported*, *not supported*, *inconclusive*; *not tested here* when the sweep lacks the runs, or when the protocol says a part is judged by
-another experiment. A claim judged on several workloads or lag bounds is supported only if
-every one is, not supported if any one is not, and inconclusive otherwise. Fewer
-repetitions than the protocol's minimum make a verdict at best inconclusive.
+*supported*, *not supported*, *inconclusive*; *not tested here* when the sweep lacks the
+runs, or when the protocol says a part is judged by another experiment. A claim judged on
+several workloads or lag bounds is supported only if every one is, not supported if any
+one is not, and inconclusive otherwise. Fewer repetitions than the protocol's minimum make
+a verdict at best inconclusive.
 
 The same numbers go into LaTeX macros (``paper/macros.tex``), so the paper quotes exactly
 what ``results/claims.md`` says. Macro names: ``\\Claim<Macro><Field>`` with the protocol
