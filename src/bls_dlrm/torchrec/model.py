@@ -157,5 +157,7 @@ def embedded_sparse(dlrm: DLRM, pooled: KeyedTensor) -> torch.Tensor:
 def predict(dlrm: DLRM, bottom_out: torch.Tensor, pooled: KeyedTensor) -> torch.Tensor:
     """Interaction and over arch on the bottom MLP's output and the pooled embeddings:
     click probabilities (b,). The same operations as ``DLRM.forward`` after its arches."""
-    inter = dlrm.inter_arch(dense_features=bottom_out, sparse_features=embedded_sparse(dlrm, pooled))
+    inter = dlrm.inter_arch(
+        dense_features=bottom_out, sparse_features=embedded_sparse(dlrm, pooled)
+    )
     return torch.sigmoid(dlrm.over_arch(inter)).reshape(-1)
