@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -51,6 +52,7 @@ __all__ = [
     "PipelinedInference",
     "StepRecord",
     "group_lag_bound",
+    "steps_ahead",
     "stock_forward",
 ]
 
@@ -170,6 +172,27 @@ class PipelinedInference:
             raise ValueError(
                 f"dense features hold {dense.shape[0]} samples, the KJT {self._local_batch}"
             )
+
+
+def steps_ahead(starts: Sequence[Sequence[float]]) -> list[int]:
+    """How far each rank got ahead of its slowest peer, in whole steps.
+
+    ``starts[r][s]`` is rank r's start of step s on one monotonic clock (ranks on one
+    host). When rank r starts step s it has finished steps 0..s-1; a peer in step p has
+    not begun steps p+1..s-1. Returned per rank: the largest count of such steps over its
+    steps and peers. A loop of lag bound L never exceeds L (the slow rank lags L steps).
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in starts]
+    out = []
+    for r, mine in enumerate(arrays):
+        worst = 0
+        for q, peer in enumerate(arrays):
+            if q == r or mine.size < 2:
+                continue
+            current = np.searchsorted(peer, mine[1:], side="right") - 1
+            worst = max(worst, int(np.max(np.arange(mine.size - 1) - current)))
+        out.append(worst)
+    return out
 
 
 def _sleep(seconds: float) -> float:
