@@ -191,3 +191,37 @@ def test_kjt_with_wrong_keys_is_one_clear_error_before_any_exchange(
         after = _load(tmp_path, rank, "after-error")
         reference = _load(tmp_path, rank, "reference")
         assert after.tobytes() == reference[: after.size].tobytes()
+
+
+# -- the benchmark command ----------------------------------------------------------------
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_torchrec_runs_every_series_and_reports_the_lag(skewed_dataset, tmp_path):
+    import pandas as pd
+
+    from bls_dlrm.launch import run_command
+
+    bls_dlrm = str(Path(PYTHON).parent / "bls-dlrm")
+    delay = '{"kind": "rotating", "size_s": 0.004, "seed": 0, "mode": "sleep"}'
+    result = run_command(
+        [bls_dlrm, "bench-torchrec", "--workload", "rot", str(skewed_dataset), "hot", delay,
+         "--series", "gloo,mpisync,bls:0,bls:3", "--repetitions", "2", "--iterations", "24",
+         "--warmup", "2", "--bind", "none", "--out", str(tmp_path)],
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = pd.read_csv(tmp_path / "torchrec.csv").set_index("series")
+    assert list(summary.index) == ["gloo", "mpisync", "bls:0", "bls:3"]
+    assert summary.predictions_identical.all()
+    assert (summary.repetitions == 2).all()
+    assert summary.loc["bls:3", "max_steps_ahead"] <= 3
+    assert summary.loc["bls:0", "max_steps_ahead"] == 0
+    # batches between first post and predictions: L + 1 per exchange stream, 3L + 1 in all
+    assert summary.loc["bls:3", "max_in_flight"] == 3 * 3 + 1
+    assert summary.loc["bls:3", "ideal_throughput"] > 0
+    runs = pd.read_csv(tmp_path / "torchrec_runs.csv")
+    # counterbalanced: the series' positions rotate between repetitions
+    assert runs.groupby("series").position.nunique().eq(2).all()
+    assert "| rot | bls:3 |" in (tmp_path / "torchrec.md").read_text()
