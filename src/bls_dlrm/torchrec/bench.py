@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the per-workload reports")
     p.add_argument("--series", default=",".join(DEFAULT_SERIES), help="comma-separated")
     p.add_argument("--repetitions", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=200, help="measured batches per run")
+    p.add_argument("--iterations", type=int, default=300, help="measured batches per run")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--bind", choices=("core", "none"), default="core")
