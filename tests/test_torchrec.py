@@ -141,6 +141,9 @@ def test_predictions_bit_identical_across_backends_and_lag_bounds(
     # The unsharded model on the whole batch: its MLPs multiply 48 rows instead of 24, and
     # a matrix product over another row count may round differently: float tolerance.
     np.testing.assert_allclose(halves, full, rtol=1e-5, atol=1e-6)
+    # The loop times as waiting exactly the batch's exchanges: splits; lengths, values; embeddings
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}-works.json").read_text()) == [1, 2, 1]
     # Pipeline depth: each stream L + 1 deep, a batch 3L steps from first post to result.
     info = json.loads((tmp_path / "rank0-bls-L4.json").read_text())
     assert max(info["in_flight"]) == 6 and len(info["start"]) == 6 + 3 * 4

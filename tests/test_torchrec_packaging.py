@@ -112,3 +112,20 @@ def test_without_the_extra_everything_else_works(no_torchrec):
         env=no_torchrec, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert ideal.returncode == 0, ideal.stderr
+
+
+def test_workflow_target_runs_the_sweeps_workloads_through_bench_torchrec():
+    snakemake = Path(sys.executable).parent / "snakemake"
+    result = subprocess.run(
+        [str(snakemake), "--nolock", "--dry-run", "--forceall", "--printshellcmds", "torchrec"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    shell = next(line for line in result.stdout.splitlines() if "bench-torchrec" in line)
+    for workload in ("balanced", "rotating-2.5x", "skew-pooling"):
+        assert f"--workload {workload} data/synthetic/" in shell
+    assert 'contiguous \'{"kind": "rotating", "seed": 0, "size_s": 0.01}\'' in shell
+    assert "_pt" in shell.split("--workload skew-pooling")[1].split()[0]  # its own dataset
+    assert " hot " in shell.split("--workload skew-pooling")[1]
+    assert "--series gloo,mpisync,bls:0,bls:4,bls:8" in shell and "--bind core" in shell
+    assert "papermill" in result.stdout and "fig8_torchrec" in result.stdout

@@ -8,6 +8,8 @@ Each rank writes its own files into --out (never one stream for several ranks):
 - ``rank{r}-reference.npy``: the unsharded model on this rank's slice of every batch;
 - ``rank{r}-full.npy``: the unsharded model on every whole batch (all ranks' samples);
 - ``rank{r}-{series}.json``: per step start time (monotonic), waits, in-flight count;
+- ``rank{r}-works.json``: how many ``torch.distributed`` Works the loop finds in each of
+  the three awaitables of one batch (what it times as waiting);
 - ``rank{r}-error.txt``: with ``--bad-keys``, the error of a KJT whose keys are not the
   tables' (then the same group runs one good batch, to show nothing was left posted).
 """
@@ -27,7 +29,12 @@ from bls_dlrm.comm import BLSOptions
 from bls_dlrm.data import BatchStore
 from bls_dlrm.torchrec.kjt import local_batch, to_kjt
 from bls_dlrm.torchrec.model import build_dlrm, shard
-from bls_dlrm.torchrec.pipeline import PipelinedInference, group_lag_bound, stock_forward
+from bls_dlrm.torchrec.pipeline import (
+    PipelinedInference,
+    _works,
+    group_lag_bound,
+    stock_forward,
+)
 
 
 def _group(backend: str, lag_bound: int):
@@ -91,6 +98,18 @@ def main() -> None:
         PipelinedInference(sharded, 2).run(batches[:3], on_predictions=got.__setitem__)
         np.save(out / f"rank{rank}-after-error.npy", torch.cat([got[i] for i in range(3)]).numpy())
         return
+
+    probe = shard(model, _group("bls", 0), plan).ebc
+    with torch.no_grad():
+        ctx = probe.create_context()
+        first = probe.input_dist(ctx, batches[0][1])
+        counts = [len(_works(first))]
+        second = first.wait()
+        counts.append(len(_works(second)))
+        third = probe.compute_and_output_dist(ctx, second.wait())
+        counts.append(len(_works(third)))
+        third.wait()
+    (out / f"rank{rank}-works.json").write_text(json.dumps(counts))
 
     for series in args.series.split(","):
         backend, _, lag = series.partition(":")
