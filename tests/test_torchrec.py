@@ -155,12 +155,13 @@ def test_predictions_bit_identical_across_backends_and_lag_bounds(
 def test_a_slow_rank_lags_up_to_the_lag_bound_and_no_further(
     mpirun, skewed_dataset, tmp_path, lag_bound
 ):
-    """Rank 1 sleeps 60 ms in each of the first 6 steps; rank 0 runs ahead by exactly L."""
+    """Rank 1 sleeps 40 ms in each of the first 12 of 24 steps; rank 0 runs ahead by
+    exactly L (all three exchange streams take part: the first 12 steps are not drain)."""
     mpirun.argv(
         2,
         [PYTHON, str(PROGRAM), "--data", str(skewed_dataset), "--out", str(tmp_path),
-         "--series", f"bls:{lag_bound}", "--delay-rank", "1", "--delay-s", "0.06",
-         "--delay-steps", "6"],
+         "--series", f"bls:{lag_bound}", "--delay-rank", "1", "--delay-s", "0.04",
+         "--delay-steps", "12", "--batches", "24"],
         timeout=180,
     )  # fmt: skip
     starts = [

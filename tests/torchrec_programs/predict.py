@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--delay-s", type=float, default=0.0)
     p.add_argument("--delay-steps", type=int, default=0)
     p.add_argument("--bad-keys", action="store_true")
+    p.add_argument("--batches", type=int, default=0, help="cycle the dataset to N batches")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -68,6 +69,8 @@ def main() -> None:
     )
     plan = json.loads(args.plan)
     batches = [local_batch(store, i, rank, world) for i in range(len(store))]
+    if args.batches:
+        batches = [batches[i % len(batches)] for i in range(args.batches)]
     delays = [0.0] * len(batches)
     if rank == args.delay_rank:
         delays[: args.delay_steps] = [args.delay_s] * args.delay_steps
