@@ -8,10 +8,12 @@ VENV   ?= .venv
 CORES  ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The optional TorchRec extra, installed --no-deps (see requirements-torchrec.txt).
+TORCHREC_STAMP := $(VENV)/.installed-torchrec
 
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: test test-fast test-slurm reproduce venv lint format bench clean-venv
+.PHONY: test test-fast test-slurm reproduce venv torchrec lint format bench clean-venv
 
 venv: $(STAMP)
 
@@ -24,9 +26,17 @@ $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.tom
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)
+$(TORCHREC_STAMP): $(STAMP) requirements-torchrec.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-torchrec.txt
+	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu; print('torchrec', torchrec.__version__, 'on torch', torch.__version__)"
+	touch $@
+
+torchrec: $(TORCHREC_STAMP)
+
+# BLS_DLRM_REQUIRE_TORCHREC: the TorchRec tests fail instead of skipping without the extra.
+test: $(STAMP) $(TORCHREC_STAMP)
 	$(BIN)/ruff check src tests notebooks
-	$(BIN)/python -m pytest
+	BLS_DLRM_REQUIRE_TORCHREC=1 $(BIN)/python -m pytest
 
 # Under a minute: no rank launched, no workflow run, no notebook executed.
 test-fast: $(STAMP)

@@ -25,6 +25,7 @@ include: "workflow/rules/serving.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/torchrec.smk"
 
 
 localrules:

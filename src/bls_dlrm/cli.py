@@ -11,6 +11,8 @@ Subcommands, in the order the workflow uses them:
 - ``bench-a2a``   alltoallv benchmark: gloo vs mpi vs bls (launches its own ranks)
 - ``bench-model`` single-process DLRM inference throughput
 - ``bench-hosts`` the same DLRM launches on one host and on namespace hosts (root)
+- ``bench-torchrec`` TorchRec's sharded DLRM: its own forward over gloo and mpisync against
+  the pipelined loop over bls (needs the TorchRec extra; see :mod:`bls_dlrm.torchrec`)
 - ``ideal``       ideal speedup of a lag bound on a delay schedule (theory, no MPI)
 - ``mpiexec``     this environment's ``mpiexec``; inside a Slurm job whose node layout a job
   step removed (Snakemake's Slurm executor does), restored first from ``scontrol``, so
@@ -247,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_hosts.build_parser(p)
     p.set_defaults(func=bench_hosts.run)
+
+    p = sub.add_parser("bench-torchrec", help="TorchRec over gloo/mpisync vs pipelined over bls")
+    from bls_dlrm.torchrec import bench as bench_torchrec  # imports torchrec only when run
+
+    bench_torchrec.add_arguments(p)
+    p.set_defaults(func=bench_torchrec.main)
 
     p = sub.add_parser("bench-model", help="single-process inference throughput")
     p.add_argument("--model", default="kaggle")
