@@ -35,6 +35,7 @@ from itertools import accumulate
 import torch
 from mpi4py import MPI
 
+from . import native
 from .torch_common import (
     DoneWork,
     MPIProcessGroup,
@@ -168,6 +169,14 @@ def _create(dist_opts, backend_options) -> ProcessGroupMPISync:
         )
     options = backend_options if backend_options is not None else MPISyncOptions()
     comm = group_comm(dist_opts, MPI_BACKEND_NAME)
+    if native.enabled():
+        seconds = options.timeout_s if options.timeout_s is not None else None
+        if seconds is None:
+            seconds = group_timeout(dist_opts.timeout)
+        try:
+            return native.mpisync_backend(comm, seconds)  # works on a duplicate
+        finally:
+            comm.Free()
     return ProcessGroupMPISync(comm, options, dist_opts.timeout)
 
 
