@@ -83,6 +83,24 @@ def mpisync_backend(comm: MPI.Comm, timeout_s: float | None):
     return ext.MPISyncBackend(MPI._addressof(comm), timeout_s or 0.0)
 
 
+FLOOR_BACKEND_NAME = "blsfloor"
+
+
+def register_floor() -> None:
+    """Register "blsfloor" (benchmarks only): its ``all_to_all_single`` returns a completed
+    Work at once, without touching the tensors, so it measures torch's own dispatch."""
+    from .torch_common import group_comm, register_backend
+
+    def create(dist_opts, backend_options):
+        comm = group_comm(dist_opts, FLOOR_BACKEND_NAME)
+        try:
+            return _load().FloorBackend(MPI._addressof(comm))
+        finally:
+            comm.Free()
+
+    register_backend(FLOOR_BACKEND_NAME, create)
+
+
 def backend_of(group=None):
     """The object that holds a "bls"/"mpisync" group's state (``lag_bound``, ``in_flight``).
 
@@ -96,6 +114,7 @@ def backend_of(group=None):
 
 
 __all__ = [
+    "FLOOR_BACKEND_NAME",
     "NATIVE_ENV",
     "ThreadLevelError",
     "backend_of",
@@ -103,4 +122,5 @@ __all__ = [
     "enabled",
     "module",
     "mpisync_backend",
+    "register_floor",
 ]

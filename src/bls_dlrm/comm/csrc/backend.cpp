@@ -942,6 +942,18 @@ py::object exception_of(const c10d::Work& w) {
   }
 }
 
+// The dispatch floor (benchmarks only): an all_to_all_single that returns a completed
+// Work at once, so a figure can be split into torch's own cost and the backend's.
+class FloorBackend : public MPIBackend {
+ public:
+  explicit FloorBackend(MPI_Comm comm) : MPIBackend(comm, 0, "blsfloor") {}
+  c10::intrusive_ptr<c10d::Work> alltoall_base(at::Tensor& output, at::Tensor&,
+                                               std::vector<int64_t>&, std::vector<int64_t>&,
+                                               const c10d::AllToAllOptions&) override {
+    return done({output}, c10d::OpType::ALLTOALL_BASE);
+  }
+};
+
 MPI_Comm comm_at(uintptr_t address) { return *reinterpret_cast<MPI_Comm*>(address); }
 
 std::string library_version() {
@@ -1037,6 +1049,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("completed", [](BLSBackend& b) { return b.core().completed(); })
       .def_property_readonly("persistent_slots",
                              [](BLSBackend& b) { return b.core().persistent_slots(); });
+
+  py::class_<FloorBackend, MPIBackend, c10::intrusive_ptr<FloorBackend>>(m, "FloorBackend")
+      .def(py::init([](uintptr_t comm) { return c10::make_intrusive<FloorBackend>(comm_at(comm)); }),
+           py::arg("comm_address"));
 
   py::class_<MPISyncBackend, MPIBackend, c10::intrusive_ptr<MPISyncBackend>>(m, "MPISyncBackend")
       .def(py::init([](uintptr_t comm, double timeout_s) {
