@@ -126,17 +126,23 @@ def _without_slurm() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
-def test_bls_dlrm_mpiexec_runs_ranks_outside_slurm():
-    code = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(c.rank, c.size)"
+def test_bls_dlrm_mpiexec_runs_ranks_outside_slurm(tmp_path):
+    # one file per rank: two ranks printing to one pipe may interleave their lines
+    code = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "open(f'rank{c.rank}', 'w').write(f'{c.rank} {c.size}')"
+    )
     r = subprocess.run(
         [BLS_DLRM, "mpiexec", "-n", "2", sys.executable, "-c", code],
         env=_without_slurm() | {"OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.split("\n")[:2]) == ["0 2", "1 2"]
+    got = sorted(p.read_text() for p in tmp_path.glob("rank*"))
+    assert got == ["0 2", "1 2"], (got, r.stdout)
 
 
 def test_bls_dlrm_mpiexec_refuses_a_job_it_cannot_read(fake_scontrol):

@@ -1,5 +1,9 @@
 """The torch.distributed backend "bls": existing torch code gets the BLS alltoallv.
 
+New groups get the native backend (:mod:`bls_dlrm.comm.native`, C++ on the C++ BLS core)
+with the same behaviour; the Python process group below serves ``transport="ialltoallv"``
+and ``BLS_NATIVE=0``. What follows describes both, except where it names Python objects.
+
 ``import bls_dlrm.comm`` registers it; then ``dist.init_process_group("bls")`` under
 ``mpiexec`` needs no other argument (see :mod:`bls_dlrm.comm.rendezvous`).
 

@@ -1,5 +1,8 @@
 """The torch.distributed backend "mpisync": MPI's own synchronous ``Alltoallv`` for torch.
 
+New groups get the native backend (:mod:`bls_dlrm.comm.native`) with the same behaviour;
+the Python process group below serves ``BLS_NATIVE=0``.
+
 Pip torch ships no MPI backend, so this one gives the synchronous MPI baseline the same
 torch API as "gloo" and "bls". ``import bls_dlrm.comm`` registers it; then
 ``dist.init_process_group("mpisync")`` (or ``dist.new_group(backend="mpisync")``) under
