@@ -21,7 +21,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+# The editable install also compiles the native backends (setup.py, src/bls_dlrm/comm/csrc;
+# one compiler process, about a minute on 2 cores).
+NATIVE_SRC := setup.py $(wildcard src/bls_dlrm/comm/csrc/*)
+
+$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml $(NATIVE_SRC)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@

@@ -19,7 +19,7 @@
 # `bls-dlrm bench-torchrec` measured them (`snakemake --cores 2 torchrec`). Left: the
 # throughput of every series over the best synchronous TorchRec series of the workload
 # (its own forward over gloo or over mpisync, the higher median), the geometric mean of
-# the per-repetition ratios with its 95% bootstrap interval (`bls_dlrm.stats.ratio_ci`);
+# the per-repetition ratios with its 95% bootstrap interval (`bls_dlrm.analysis.stats.ratio_ci`);
 # the black tick on a pipelined BLS bar is the ideal speedup the theory gives its lag bound
 # on the same run's measured work (`bls_dlrm.theory.ideal_speedup`). Right:
 # where the pipelined loop waits, per step and exchange (KJT splits, KJT lengths and

@@ -16,7 +16,7 @@
 #
 # A starting point for slicing the results another way: loads the three tables of a
 # sweep, labels every run with its series (collective and lag bound), workload and
-# scenario class exactly as the figures and the claims table do (`bls_dlrm.plotting`),
+# scenario class exactly as the figures and the claims table do (`bls_dlrm.figures`),
 # and prints the summaries the figures are drawn from. Nothing is written unless
 # `out_dir` is set.
 #

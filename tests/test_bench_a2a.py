@@ -73,12 +73,14 @@ def _bench(tmp_path: Path, *options: str) -> tuple[list[dict], list[dict], str]:
 @pytest.mark.mpi
 @pytest.mark.parametrize("vary", [False, True], ids=["repeated", "vary-counts"])
 def test_latency_mode_both_apis(vary, tmp_path):
-    options = ["--mode", "latency", "--collectives", "native,mpi,bls:0", "--api", "engine,torch"]
+    collectives = "native,mpi,bls:0,floor"
+    options = ["--mode", "latency", "--collectives", collectives, "--api", "engine,torch"]
     options += ["--sizes", "64,4KiB", "--warmup", "2", "--iters", "5", "--baseline", "native"]
     rows, summary, table = _bench(tmp_path, *options, *(["--vary-counts"] if vary else []))
     got = {(r["collective"], r["api"], r["bytes_per_peer"]) for r in rows}
     want = {(c, a, b) for c in ("mpi", "bls:0") for a in ("engine", "torch") for b in (64, 4096)}
     want |= {("native", NATIVE_API, b) for b in (64, 4096)}
+    want |= {("floor", "torch", b) for b in (64, 4096)}
     assert got == want
     for r in rows:
         assert set(r) >= LATENCY_FIELDS, r
@@ -129,11 +131,12 @@ def test_collective_names_and_apis():
     assert _api_list("engine,torch") == ["engine", "torch"]
     with pytest.raises(argparse.ArgumentTypeError):
         _api_list("nccl")
-    specs = [CollectiveSpec.parse(t) for t in ("native", "bls:1")]
+    specs = [CollectiveSpec.parse(t) for t in ("native", "bls:1", "floor")]
     assert _jobs(specs, ["engine", "torch"]) == [
         (specs[0], NATIVE_API),
         (specs[1], "engine"),
         (specs[1], "torch"),
+        (specs[2], "torch"),  # the dispatch floor exists only through torch
     ]
     args = build_parser().parse_args(["--bind", "core", "--api", "torch", "--vary-counts"])
     assert (args.bind, args.api, args.vary_counts) == ("core", ["torch"], True)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comm_ranks import program_script, read_reports
 from conftest import BLS_DLRM, infer_argv
 from test_abort import STUCK_TIMEOUT_S, stuck_rank_1_settings
 from test_engine import API, KILLED, TIMEOUT
-from test_torch_backend import ALL_TO_ALL, PROGRESS
 
 from bls_dlrm.harness import hosts as hosts_mod
 from bls_dlrm.harness.hosts import HostsError, NetnsHosts, choose_subnet, unavailable_reason
@@ -301,16 +301,18 @@ def test_engine_on_two_hosts_two_ranks_each(netns_hosts):
 
 def test_torch_backend_on_two_hosts_one_rank_each(netns_hosts):
     hosts = netns_hosts(2, ranks_per_host=1)
-    result = hosts.script(PROGRESS + WHERE, timeout=120)
-    assert result.stdout.count("BLS-PROGRESS-OK") == 2
+    result = hosts.script(program_script("progress") + WHERE, timeout=120)
+    read_reports(hosts.tmp_path, "progress", 2, result)
     _assert_placed(result.stdout, hosts, [1, 1])
 
 
 def test_torch_backend_on_two_hosts_two_ranks_each(netns_hosts):
     # gloo groups in the same launch: their rendezvous resolves rank 0's hostname
     hosts = netns_hosts(2, ranks_per_host=2)
-    result = hosts.script(ALL_TO_ALL + WHERE, "bls", env={"BLS_LAG_BOUND": "3"}, timeout=180)
-    assert result.stdout.count("BLS-A2A-OK") == 4
+    result = hosts.script(
+        program_script("all_to_all") + WHERE, "bls", env={"BLS_LAG_BOUND": "3"}, timeout=180
+    )
+    read_reports(hosts.tmp_path, "all_to_all", 4, result)
     _assert_placed(result.stdout, hosts, [2, 2])
 
 

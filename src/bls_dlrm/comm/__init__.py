@@ -2,7 +2,10 @@
 
 Importing this package registers the torch.distributed backends "bls" (the BLS
 alltoallv) and "mpisync" (MPI's own synchronous ``Alltoallv``, since pip torch has no MPI
-backend); both rendezvous through ``mpiexec`` without ``MASTER_ADDR``.
+backend); both rendezvous through ``mpiexec`` without ``MASTER_ADDR``. Both are C++
+``c10d::Backend``s on the C++ BLS core (:mod:`bls_dlrm.comm.native`); the Python process
+groups of :mod:`.torch_backend` and :mod:`.torch_mpi` serve the transport "ialltoallv" and
+``BLS_NATIVE=0``.
 
 - :class:`BLSAlltoallv` — the engine, for numpy or torch code (``post`` / ``trim`` / ``drain``)
 - :func:`make_collective` — "gloo", "mpi" or "bls" behind that one interface
@@ -23,6 +26,7 @@ from .engine import (
     Exchange,
     ExchangeStats,
 )
+from .native import ThreadLevelError, backend_of
 from .torch_backend import BACKEND_NAME, LAG_BOUND_ENV, BLSOptions, ProcessGroupBLS, register
 from .torch_common import CollectiveTimeoutError
 from .torch_mpi import MPI_BACKEND_NAME, MPISyncOptions, ProcessGroupMPISync
@@ -60,6 +64,8 @@ __all__ = [
     "ProcessGroupMPISync",
     "SyncGloo",
     "SyncMPI",
+    "ThreadLevelError",
+    "backend_of",
     "init_torch",
     "make_collective",
     "register",

@@ -1,5 +1,9 @@
 """The torch.distributed backend "bls": existing torch code gets the BLS alltoallv.
 
+New groups get the native backend (:mod:`bls_dlrm.comm.native`, C++ on the C++ BLS core)
+with the same behaviour; the Python process group below serves ``transport="ialltoallv"``
+and ``BLS_NATIVE=0``. What follows describes both, except where it names Python objects.
+
 ``import bls_dlrm.comm`` registers it; then ``dist.init_process_group("bls")`` under
 ``mpiexec`` needs no other argument (see :mod:`bls_dlrm.comm.rendezvous`).
 
@@ -58,6 +62,7 @@ import torch
 from mpi4py import MPI
 from torch.futures import Future
 
+from . import native
 from .engine import BLSAlltoallv, BLSClosedError, BLSError, BLSTimeoutError, Exchange
 from .torch_common import (
     _PARKED,
@@ -297,10 +302,19 @@ def _check_options(backend_options) -> BLSOptions:
     return options
 
 
-def _create(dist_opts, backend_options) -> ProcessGroupBLS:
+def _create(dist_opts, backend_options):
     # Check the options before any communicator exists, so a bad one leaks nothing.
     options = _check_options(backend_options)
     comm = group_comm(dist_opts, BACKEND_NAME)
+    if native.enabled() and options.transport == "p2p":
+        lag = options.lag_bound if options.lag_bound is not None else default_lag_bound()
+        seconds = options.timeout_s
+        if seconds is None:
+            seconds = group_timeout(dist_opts.timeout)
+        try:
+            return native.bls_backend(comm, lag, seconds)  # works on a duplicate
+        finally:
+            comm.Free()
     try:
         return ProcessGroupBLS(comm, options, dist_opts.timeout)
     except BaseException:

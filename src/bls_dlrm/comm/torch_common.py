@@ -49,6 +49,19 @@ class CollectiveTimeoutError(TimeoutError, dist.DistBackendError):
 _DIST_TYPES: dict[type, type] = {}
 
 
+def dist_type(base: type) -> type:
+    """``base`` made a :class:`torch.distributed.DistBackendError` as well (one subclass
+    per type, named like it, shared by :func:`as_dist_error` and the native backends)."""
+    if issubclass(base, dist.DistBackendError):
+        return base
+    cls = _DIST_TYPES.get(base)
+    if cls is None:
+        cls = type(base.__name__, (base, dist.DistBackendError), {"__module__": base.__module__})
+        cls.__qualname__ = base.__qualname__
+        _DIST_TYPES[base] = cls
+    return cls
+
+
 def as_dist_error(exc: BaseException) -> BaseException:
     """``exc`` made a :class:`torch.distributed.DistBackendError` as well (in place).
 
@@ -58,12 +71,7 @@ def as_dist_error(exc: BaseException) -> BaseException:
     """
     if isinstance(exc, dist.DistBackendError):
         return exc
-    base = type(exc)
-    cls = _DIST_TYPES.get(base)
-    if cls is None:
-        cls = type(base.__name__, (base, dist.DistBackendError), {"__module__": base.__module__})
-        cls.__qualname__ = base.__qualname__
-        _DIST_TYPES[base] = cls
+    cls = dist_type(type(exc))
     try:
         exc.__class__ = cls
     except TypeError:  # pragma: no cover - an exception type with an incompatible layout

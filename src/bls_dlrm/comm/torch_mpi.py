@@ -1,5 +1,8 @@
 """The torch.distributed backend "mpisync": MPI's own synchronous ``Alltoallv`` for torch.
 
+New groups get the native backend (:mod:`bls_dlrm.comm.native`) with the same behaviour;
+the Python process group below serves ``BLS_NATIVE=0``.
+
 Pip torch ships no MPI backend, so this one gives the synchronous MPI baseline the same
 torch API as "gloo" and "bls". ``import bls_dlrm.comm`` registers it; then
 ``dist.init_process_group("mpisync")`` (or ``dist.new_group(backend="mpisync")``) under
@@ -35,6 +38,7 @@ from itertools import accumulate
 import torch
 from mpi4py import MPI
 
+from . import native
 from .torch_common import (
     DoneWork,
     MPIProcessGroup,
@@ -168,6 +172,14 @@ def _create(dist_opts, backend_options) -> ProcessGroupMPISync:
         )
     options = backend_options if backend_options is not None else MPISyncOptions()
     comm = group_comm(dist_opts, MPI_BACKEND_NAME)
+    if native.enabled():
+        seconds = options.timeout_s if options.timeout_s is not None else None
+        if seconds is None:
+            seconds = group_timeout(dist_opts.timeout)
+        try:
+            return native.mpisync_backend(comm, seconds)  # works on a duplicate
+        finally:
+            comm.Free()
     return ProcessGroupMPISync(comm, options, dist_opts.timeout)
 
 

@@ -55,7 +55,7 @@ import numpy as np
 # "mpi" is MPI's own Waitall; the rest are Backoff presets (the driver never imports MPI)
 WAITS = ("polite", "yield", "sleep", "mpi")
 #: collective names; "native" is mpi4py's blocking Alltoallv on numpy buffers (latency mode)
-NAMES = ("gloo", "mpi", "bls", "native")
+NAMES = ("gloo", "mpi", "bls", "native", "floor")
 #: the APIs a collective runs through: the engine (post/trim/drain) or torch.distributed
 APIS = ("engine", "torch")
 #: the api field of "native" rows: neither API, MPI itself
@@ -112,7 +112,7 @@ class CollectiveSpec:
 # -- worker (runs on every rank under mpiexec) ------------------------------------------
 
 #: torch.distributed backend of each collective name (``--api torch``)
-TORCH_BACKENDS = {"gloo": "gloo", "mpi": "mpisync", "bls": "bls"}
+TORCH_BACKENDS = {"gloo": "gloo", "mpi": "mpisync", "bls": "bls", "floor": "blsfloor"}
 
 
 def _make_engine(spec: CollectiveSpec):
@@ -153,6 +153,11 @@ def _init_torch_group(spec: CollectiveSpec):
     if spec.name == "bls":
         options = BLSOptions(lag_bound=spec.lag_bound, transport=spec.transport)
         dist.init_process_group(TORCH_BACKENDS["bls"], pg_options=options)
+    elif spec.name == "floor":  # torch's dispatch alone: a Work completed at once
+        from .comm.native import register_floor
+
+        register_floor()
+        dist.init_process_group(TORCH_BACKENDS["floor"])
     else:
         dist.init_process_group(TORCH_BACKENDS[spec.name])
     return dist
@@ -273,7 +278,8 @@ def _latency_torch(dist, comm, counts: np.ndarray, rank: int, warmup: int, iters
         dist.all_to_all_single(out, inp, rc, sc)
         if i >= warmup:
             times[i - warmup] = time.perf_counter() - t0
-    _check_received(recv.numpy(), counts[-1], rank, "torch")
+    if dist.get_backend() != TORCH_BACKENDS["floor"]:  # the floor moves no data
+        _check_received(recv.numpy(), counts[-1], rank, "torch")
     return times
 
 
@@ -436,6 +442,8 @@ def _jobs(specs: list[CollectiveSpec], apis: list[str]) -> list[tuple[Collective
     for spec in specs:
         if spec.name == "native":
             jobs.append((spec, NATIVE_API))
+        elif spec.name == "floor":  # torch only
+            jobs.append((spec, "torch"))
         else:
             jobs.extend((spec, api) for api in apis)
     return jobs
@@ -564,7 +572,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--collectives",
         default="mpi,gloo,bls:0",
         help="comma list of name[:L[:transport[:wait]]] (default mpi,gloo,bls:0); "
-        "'native' (latency mode) is mpi4py's blocking Alltoallv on numpy buffers",
+        "'native' (latency mode) is mpi4py's blocking Alltoallv on numpy buffers; 'floor' "
+        "(torch) a backend whose call returns a completed Work at once",
     )
     p.add_argument(
         "--api",
