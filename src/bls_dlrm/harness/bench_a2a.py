@@ -154,7 +154,7 @@ def _init_torch_group(spec: CollectiveSpec):
         options = BLSOptions(lag_bound=spec.lag_bound, transport=spec.transport)
         dist.init_process_group(TORCH_BACKENDS["bls"], pg_options=options)
     elif spec.name == "floor":  # torch's dispatch alone: a Work completed at once
-        from .comm.native import register_floor
+        from bls_dlrm.comm.native import register_floor
 
         register_floor()
         dist.init_process_group(TORCH_BACKENDS["floor"])
