@@ -169,8 +169,10 @@ def test_a_slow_rank_lags_up_to_the_lag_bound_and_no_further(
         for r in range(2)
     ]
     ahead = steps_ahead(starts)
-    assert ahead[0] == lag_bound, ahead
-    assert ahead[1] == 0, ahead
+    assert ahead[0] == lag_bound, ahead  # the fast rank uses the whole bound
+    # and no rank ever exceeds it; once its delays end, the slow rank may itself run up to
+    # L ahead for a step when the other is descheduled, as the bound allows
+    assert max(ahead) <= lag_bound, ahead
     waits = json.loads((tmp_path / f"rank0-bls-L{lag_bound}.json").read_text())["wait"]
     # The fast rank's first L steps never wait for the slow one.
     assert sum(waits[:lag_bound]) < 0.03, waits[:lag_bound]
