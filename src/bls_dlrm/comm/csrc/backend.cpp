@@ -181,6 +181,16 @@ c10::intrusive_ptr<c10::ivalue::Future> future_of(const std::vector<at::Tensor>&
   return fut;
 }
 
+// The Future of a Work: waits it (no timeout), then holds its result or its error.
+c10::intrusive_ptr<c10::ivalue::Future> future_after_wait(c10d::Work& work) {
+  try {
+    work.wait(kNoTimeout);
+  } catch (...) {
+    return future_of(work.result(), std::current_exception());
+  }
+  return future_of(work.result(), nullptr);
+}
+
 class MPIBackend;
 
 // -- Work ----------------------------------------------------------------------------------
@@ -224,7 +234,6 @@ class RequestWork : public DoneWork {
   bool isSuccess() const override { return !error_ && done_; }
   bool wait(std::chrono::milliseconds timeout) override;
   int sourceRank() const override { return status_.MPI_SOURCE; }
-  c10::intrusive_ptr<c10::ivalue::Future> getFuture() override;
 
   bool test_locked();  // the group's lock is held
   void abandon_locked();
@@ -579,12 +588,7 @@ bool DoneWork::wait(std::chrono::milliseconds) {
 }
 
 c10::intrusive_ptr<c10::ivalue::Future> DoneWork::getFuture() {
-  try {
-    wait(kNoTimeout);
-  } catch (...) {
-    return future_of(result_, std::current_exception());
-  }
-  return future_of(result_, nullptr);
+  return future_after_wait(*this);
 }
 
 bool RequestWork::test_locked() {
@@ -638,15 +642,6 @@ bool RequestWork::isCompleted() {
   return done_ || error_;
 }
 
-c10::intrusive_ptr<c10::ivalue::Future> RequestWork::getFuture() {
-  try {
-    wait(kNoTimeout);
-  } catch (...) {
-    return future_of(result_, std::current_exception());
-  }
-  return future_of(result_, nullptr);
-}
-
 void RequestWork::wait_abandoned() {
   Lock lock = pg_->acquire();
   if (parked_ && !done_ && !is_recv_) {
@@ -673,12 +668,7 @@ class BLSWork : public c10d::Work {
   std::vector<at::Tensor> result() override { return {output_}; }
   bool wait(std::chrono::milliseconds timeout) override;
   c10::intrusive_ptr<c10::ivalue::Future> getFuture() override {
-    try {
-      wait(kNoTimeout);
-    } catch (...) {
-      return future_of({output_}, std::current_exception());
-    }
-    return future_of({output_}, nullptr);
+    return future_after_wait(*this);
   }
   const bls::ExchangePtr& exchange() const { return ex_; }
 
