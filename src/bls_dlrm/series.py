@@ -73,8 +73,8 @@ class Series:
         return f"bls:{self.lag_bound}" if self.collective == "bls" else self.collective
 
 
-def _is_missing(value: Any) -> bool:
-    """None, NaN or pandas' NA (a table cell with no lag bound)."""
+def is_missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: a table cell without a value (a run without a lag bound)."""
     if value is None or repr(value) == "<NA>":
         return True
     return isinstance(value, float) and math.isnan(value)
@@ -94,7 +94,7 @@ def series_label(collective: str, lag_bound: Any = None) -> str:
     """The :attr:`Series.label` of a table row's ``collective`` and ``lag_bound`` (a missing
     lag bound is 0); other collective names (a benchmark's ``native``) as they are."""
     if collective == "bls":
-        return Series("bls", 0 if _is_missing(lag_bound) else int(lag_bound)).label
+        return Series("bls", 0 if is_missing(lag_bound) else int(lag_bound)).label
     return str(collective)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bls_dlrm.series import SYNC_COLLECTIVES, series_label
+from bls_dlrm.series import SYNC_COLLECTIVES, is_missing, series_label
 
 #: Config keys that pick or label the collective rather than describe the workload.
 NOT_WORKLOAD = frozenset(
@@ -75,12 +75,6 @@ STRESS_HINTS = ("oversub", "stress")
 CLASS_ORDER = ("balanced", "skewed", "delayed", "stress")
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
 def workload_columns(runs: pd.DataFrame) -> list[str]:
     """Columns that together say which workload a run belongs to (module docstring)."""
     cols = ["world_size"] if "world_size" in runs.columns else []
@@ -94,7 +88,7 @@ def workload_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def _text(value: Any) -> str:
-    return "-" if _is_missing(value) else str(value)
+    return "-" if is_missing(value) else str(value)
 
 
 def _format_ms(seconds: float) -> str:
@@ -104,14 +98,14 @@ def _format_ms(seconds: float) -> str:
 
 def _delay_ms(row: pd.Series) -> float:
     size = row.get("config.delay.size_s")
-    if _is_missing(size):
+    if is_missing(size):
         return 0.0 if _delay_kind(row) in NO_DELAY_KINDS else math.nan
     return float(size) * 1e3
 
 
 def _delay_kind(row: pd.Series) -> str:
     kind = row.get("config.delay.kind")
-    return "none" if _is_missing(kind) else str(kind)
+    return "none" if is_missing(kind) else str(kind)
 
 
 def _is_delayed(row: pd.Series) -> bool:
@@ -121,19 +115,19 @@ def _is_delayed(row: pd.Series) -> bool:
     if kind in ("trace", "heterogeneous"):
         return True
     size = row.get("config.delay.size_s")
-    return not _is_missing(size) and float(size) > 0
+    return not is_missing(size) and float(size) > 0
 
 
 def _scenario_name(row: pd.Series) -> str:
     tag = row.get("config.tags.scenario")
-    if not _is_missing(tag) and str(tag):
+    if not is_missing(tag) and str(tag):
         return str(tag)
     kind = _delay_kind(row)
     if kind in NO_DELAY_KINDS:
         plan = row.get("config.plan")
-        return "balanced" if _is_missing(plan) or plan != "unbalanced" else "unbalanced"
+        return "balanced" if is_missing(plan) or plan != "unbalanced" else "unbalanced"
     size = row.get("config.delay.size_s")
-    return kind if _is_missing(size) else f"{kind} {_format_ms(float(size))} ms"
+    return kind if is_missing(size) else f"{kind} {_format_ms(float(size))} ms"
 
 
 def _scenario_class(row: pd.Series) -> str:
@@ -146,7 +140,7 @@ def _scenario_class(row: pd.Series) -> str:
         return "skewed"
     for column, even in SKEW_COLUMNS.items():
         value = row.get(column)
-        if not _is_missing(value) and str(value) not in even:
+        if not is_missing(value) and str(value) not in even:
             return "skewed"
     return "balanced"
 
@@ -204,7 +198,7 @@ def placement_of(row: pd.Series) -> str:
         return OVERSUBSCRIBED
     for col in _binding_columns(row):
         value = row[col]
-        if _is_missing(value):
+        if is_missing(value):
             continue
         text = str(value).strip().lower()
         if text in ("auto", "default"):  # resolved elsewhere (the header), if at all

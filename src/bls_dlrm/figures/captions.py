@@ -11,9 +11,9 @@ import pandas as pd
 from bls_dlrm.analysis.workloads import (
     UNRECORDED,
     _is_delayed,
-    _is_missing,
     annotate_runs,
 )
+from bls_dlrm.series import is_missing
 
 
 def missing_note(wanted: Iterable[str], present: Iterable[str], what: str = "series") -> str:
@@ -45,7 +45,7 @@ DELAY_MODES = {
 
 def _span(values: Iterable[Any]) -> str:
     """``5`` or ``3-5`` (integers) from a set of values; ``?`` for none."""
-    nums = sorted({int(v) for v in values if not _is_missing(v)})
+    nums = sorted({int(v) for v in values if not is_missing(v)})
     if not nums:
         return "?"
     return str(nums[0]) if nums[0] == nums[-1] else f"{nums[0]}-{nums[-1]}"
@@ -61,7 +61,7 @@ def _join_words(words: Sequence[str]) -> str:
 def _dataset_kind(runs: pd.DataFrame) -> tuple[str, list[str]]:
     for col in DATASET_COLUMNS:
         if col in runs.columns:
-            names = sorted({Path(str(v)).name for v in runs[col] if not _is_missing(v)})
+            names = sorted({Path(str(v)).name for v in runs[col] if not is_missing(v)})
             if names:
                 criteo = [n for n in names if "criteo" in n.lower() and "synthetic" not in n]
                 if criteo and len(criteo) == len(names):
